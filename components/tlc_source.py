@@ -1,0 +1,252 @@
+"""Find the local parquet file for one (color, month) of TLC trip data.
+
+Three sources, in order of preference:
+
+1. ``data_dir``: a file, or a folder holding ``{color}_tripdata_{YYYY-MM}.parquet``
+   (air-gapped clusters, tests, the course's ``data/`` folder);
+2. ``s3_uri``: ``s3://bucket/prefix`` on MinIO/S3, fetched with the ``minio`` client
+   (the in-cluster mirror a KFP run reads from);
+3. the public TLC CloudFront URL, downloaded once into ``cache_dir``.
+
+Downloads land in a temporary file in the destination folder, are checked for the
+parquet magic bytes at both ends (an HTML error page or a truncated transfer fails
+here, not deep inside pyarrow), then renamed atomically: a cache entry is either
+absent or complete, even if a run is killed mid-download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from components.errors import IngestError
+from components.tlc_schema import check_request
+
+DEFAULT_BASE_URL: Final = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+PARQUET_MAGIC: Final = b"PAR1"
+_CHUNK: Final = 1 << 20
+_TLC_NAME_RE: Final = re.compile(r"^(green|yellow)_tripdata_(\d{4}-\d{2})\.parquet$")
+
+
+def trip_file_name(color: str, month: str) -> str:
+    """The TLC's own file name, used for local folders, buckets and the cache alike."""
+    return f"{color}_tripdata_{month}.parquet"
+
+
+@dataclass(frozen=True)
+class ResolvedFile:
+    """A local parquet file and where it came from.
+
+    ``source`` is the canonical origin (path, s3:// URI or URL) that reports and
+    error messages cite; ``description`` says how it was obtained, for logs.
+    """
+
+    path: Path
+    source: str
+    description: str
+
+
+@dataclass(frozen=True)
+class S3Connection:
+    """How to reach an S3-compatible store; passed explicitly so tests need no env."""
+
+    endpoint: str  # host[:port], no scheme, as the minio client wants it
+    access_key: str
+    secret_key: str = field(repr=False)
+    secure: bool = True
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Connection:
+        """Read AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and S3_ENDPOINT_URL.
+
+        S3_ENDPOINT_URL must carry its scheme (``http://minio-service.kubeflow:9000``)
+        because the scheme decides TLS; unset means AWS S3 itself.
+        """
+        env = os.environ if env is None else env
+        unset = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(k)]
+        if unset:
+            raise IngestError("environment", "bad_request", f"S3 access needs {', '.join(unset)} to be set")
+        url = env.get("S3_ENDPOINT_URL") or "https://s3.amazonaws.com"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise IngestError(
+                "environment",
+                "bad_request",
+                f"S3_ENDPOINT_URL must look like http(s)://host[:port], got {url!r}",
+            )
+        return cls(
+            endpoint=parts.netloc,
+            access_key=env["AWS_ACCESS_KEY_ID"],
+            secret_key=env["AWS_SECRET_ACCESS_KEY"],
+            secure=parts.scheme == "https",
+        )
+
+    def client(self) -> Minio:
+        """A minio client with bounded retries/timeouts, so a dead endpoint fails in seconds."""
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=10, read=120),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=self.secure,
+            region=self.region,
+            http_client=http,
+        )
+
+
+def resolve_trip_file(
+    color: str,
+    month: str,
+    *,
+    data_dir: Path | str | None = None,
+    s3_uri: str | None = None,
+    s3: S3Connection | None = None,
+    cache_dir: Path | str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    timeout: float = 60.0,
+) -> ResolvedFile:
+    """Return a local parquet path for (color, month), fetching it if needed.
+
+    ``data_dir`` wins over ``s3_uri``, which wins over HTTP. ``s3`` defaults to
+    ``S3Connection.from_env()``. ``cache_dir`` is required only for downloads.
+    """
+    check_request(color, month)
+    if data_dir is not None:
+        return _from_data_dir(Path(data_dir), color, month)
+    if s3_uri is not None:
+        bucket, key = _parse_s3_uri(s3_uri, trip_file_name(color, month))
+        dest = _require_cache_dir(cache_dir, color, month) / "s3" / bucket / key
+        return _from_s3(s3 or S3Connection.from_env(), bucket, key, dest)
+    url = f"{base_url.rstrip('/')}/{trip_file_name(color, month)}"
+    dest = _require_cache_dir(cache_dir, color, month) / trip_file_name(color, month)
+    return _from_http(url, dest, timeout)
+
+
+def _from_data_dir(data_dir: Path, color: str, month: str) -> ResolvedFile:
+    wanted = trip_file_name(color, month)
+    path = data_dir if data_dir.is_file() else data_dir / wanted
+    if not path.is_file():
+        where = f"no {wanted} in {data_dir}" if data_dir.is_dir() else f"{data_dir} does not exist"
+        raise IngestError(str(path), "file_not_found", where)
+    # A TLC-named file for another color/month is a wiring mistake, not data to clean.
+    named = _TLC_NAME_RE.match(path.name)
+    if named and path.name != wanted:
+        raise IngestError(
+            str(path), "bad_request", f"file is {named[1]} {named[2]} data but {color} {month} was asked for"
+        )
+    return ResolvedFile(path=path, source=str(path), description=f"local file {path}")
+
+
+def _require_cache_dir(cache_dir: Path | str | None, color: str, month: str) -> Path:
+    if cache_dir is None:
+        raise IngestError(
+            f"request(color={color!r}, month={month!r})",
+            "bad_request",
+            "downloading needs a cache_dir (or pass data_dir with the file)",
+        )
+    return Path(cache_dir)
+
+
+def _from_http(url: str, dest: Path, timeout: float) -> ResolvedFile:
+    if dest.is_file():
+        return ResolvedFile(path=dest, source=url, description=f"cached copy of {url} at {dest}")
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise IngestError(url, "download_failed", _http_status_detail(response))
+            _write_checked(response.iter_content(_CHUNK), dest, url)
+    except requests.RequestException as exc:
+        raise IngestError(url, "download_failed", f"no HTTP response: {exc}") from exc
+    return ResolvedFile(path=dest, source=url, description=f"downloaded {url} to {dest}")
+
+
+def _http_status_detail(response: requests.Response) -> str:
+    detail = f"HTTP {response.status_code} {response.reason}"
+    if response.status_code == 403:
+        # CloudFront answers 403, not 404, for a month the TLC has not published yet.
+        detail += " (the TLC answers 403 for months it has not published)"
+    return detail
+
+
+def _parse_s3_uri(uri: str, file_name: str) -> tuple[str, str]:
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise IngestError(uri, "bad_request", "S3 location must look like s3://bucket[/prefix]")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/{file_name}" if prefix else file_name
+
+
+def _from_s3(conn: S3Connection, bucket: str, key: str, dest: Path) -> ResolvedFile:
+    # Always re-fetched: the bucket is the in-cluster source of truth and may be
+    # re-uploaded, while a cluster-local transfer is cheap.
+    uri = f"s3://{bucket}/{key}"
+    try:
+        response = conn.client().get_object(bucket, key)
+        try:
+            _write_checked(response.stream(_CHUNK), dest, uri)
+        finally:
+            response.close()
+            response.release_conn()
+    except S3Error as exc:
+        rule = "file_not_found" if exc.code in ("NoSuchKey", "NoSuchBucket") else "download_failed"
+        detail = f"S3 error {exc.code}: {exc.message} (endpoint {conn.endpoint})"
+        raise IngestError(uri, rule, detail) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise IngestError(uri, "download_failed", f"no S3 response from {conn.endpoint}: {exc}") from exc
+    return ResolvedFile(path=dest, source=uri, description=f"downloaded {uri} to {dest}")
+
+
+def _write_checked(chunks: Iterable[bytes], dest: Path, source: str) -> None:
+    """Stream ``chunks`` to ``dest`` atomically, refusing anything that is not parquet."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _temp_file_beside(dest) as (tmp, tmp_path):
+        for chunk in chunks:
+            tmp.write(chunk)
+        tmp.close()
+        if not has_parquet_magic(tmp_path):
+            raise IngestError(
+                source,
+                "corrupt_parquet",
+                f"downloaded body ({tmp_path.stat().st_size} bytes) does not start and end with PAR1",
+            )
+        os.replace(tmp_path, dest)
+
+
+@contextlib.contextmanager
+def _temp_file_beside(dest: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    # Same folder as dest, so os.replace is a rename on one filesystem (atomic).
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp_path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            yield tmp, tmp_path
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def has_parquet_magic(path: Path) -> bool:
+    """True when ``path`` begins and ends with ``PAR1`` (header and footer magic)."""
+    size = path.stat().st_size
+    if size < 2 * len(PARQUET_MAGIC):
+        return False
+    with path.open("rb") as fh:
+        head = fh.read(len(PARQUET_MAGIC))
+        fh.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+        tail = fh.read(len(PARQUET_MAGIC))
+    return head == PARQUET_MAGIC and tail == PARQUET_MAGIC
