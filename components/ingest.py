@@ -1,0 +1,204 @@
+"""Read one month of TLC trips, clean it with counted rules, and report what happened.
+
+Pure functions (no kfp imports) so the pipeline step, the CLI and the tests share
+exactly one implementation of the course's data preparation.
+
+Cleaning rules, applied in this order; a row is counted under the first rule it
+fails, so the counts add up to ``rows_read - rows_kept``:
+
+1. ``missing_values``: a null in pickup, dropoff, either zone id or trip_distance;
+2. ``pickup_outside_month``: real files carry stray pickups (2009, the last minutes
+   of the previous month, the next month) that do not belong to the requested month;
+3. ``duration_out_of_range``: keep 1 <= duration minutes <= 60, the course's rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.errors import IngestError
+from components.tlc_schema import (
+    CLEAN_COLUMNS,
+    DO_LOCATION,
+    DROPOFF,
+    DURATION,
+    NORMALIZED_COLUMNS,
+    PICKUP,
+    PU_LOCATION,
+    TRIP_DISTANCE,
+    check_request,
+    describe_missing,
+    missing_columns,
+    month_bounds,
+    normalize_trips,
+    required_columns,
+)
+from components.tlc_source import DEFAULT_BASE_URL, S3Connection, resolve_trip_file
+
+MIN_DURATION_MINUTES: Final = 1.0
+MAX_DURATION_MINUTES: Final = 60.0
+RULES: Final[tuple[str, ...]] = ("missing_values", "pickup_outside_month", "duration_out_of_range")
+
+# Arrow schema of the cleaned dataset handed between pipeline tasks.
+CLEAN_SCHEMA: Final = pa.schema(
+    [
+        pa.field(PICKUP, pa.timestamp("ns")),
+        pa.field(PU_LOCATION, pa.string()),
+        pa.field(DO_LOCATION, pa.string()),
+        pa.field(TRIP_DISTANCE, pa.float64()),
+        pa.field(DURATION, pa.float64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ingest did: enough to reproduce it and to spot a bad month in a log."""
+
+    source: str
+    sha256: str
+    color: str
+    month: str
+    rows_read: int
+    rows_dropped: dict[str, int] = field(default_factory=dict)
+    rows_kept: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (for MLflow params/artifacts and KFP metadata)."""
+        return asdict(self)
+
+    def summary_line(self) -> str:
+        """One log line: counts per rule and the file digest prefix."""
+        dropped = ", ".join(f"{rule}={count}" for rule, count in self.rows_dropped.items())
+        return (
+            f"{self.color} {self.month}: read {self.rows_read}, kept {self.rows_kept}, "
+            f"dropped {self.rows_read - self.rows_kept} ({dropped}) "
+            f"from {self.source} sha256={self.sha256[:12]}"
+        )
+
+
+def load_month(
+    color: str,
+    month: str,
+    *,
+    data_dir: Path | str | None = None,
+    s3_uri: str | None = None,
+    s3: S3Connection | None = None,
+    cache_dir: Path | str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+) -> tuple[pd.DataFrame, IngestReport]:
+    """Locate, read and clean one month; see ``resolve_trip_file`` for the sources."""
+    check_request(color, month)
+    resolved = resolve_trip_file(
+        color, month, data_dir=data_dir, s3_uri=s3_uri, s3=s3, cache_dir=cache_dir, base_url=base_url
+    )
+    raw = read_trip_file(resolved.path, color)
+    clean, dropped = clean_trips(raw, color, month, str(resolved.path))
+    report = IngestReport(
+        source=resolved.source,
+        sha256=file_sha256(resolved.path),
+        color=color,
+        month=month,
+        rows_read=len(raw),
+        rows_dropped=dropped,
+        rows_kept=len(clean),
+    )
+    return clean, report
+
+
+def read_trip_file(path: Path, color: str) -> pd.DataFrame:
+    """Read only the required columns of a TLC parquet file (a yellow month is ~3M rows x 19)."""
+    source = str(path)
+    if not path.is_file():
+        raise IngestError(source, "file_not_found", "no such file")
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if missing_columns(color, names):
+            raise IngestError(source, "missing_columns", describe_missing(color, names))
+        if parquet.metadata.num_rows == 0:
+            raise IngestError(source, "empty_file", "the parquet file holds 0 rows")
+        table = parquet.read(columns=list(required_columns(color)))
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(source, "corrupt_parquet", f"not a readable parquet file: {exc}") from exc
+    return table.to_pandas()
+
+
+def clean_trips(
+    raw: pd.DataFrame, color: str, month: str, source: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Normalize a raw TLC frame and apply the cleaning rules in order.
+
+    ``raw`` has the TLC's own column names for ``color`` (any publication year's
+    dtypes). Returns the clean frame (columns ``CLEAN_COLUMNS``, fresh index) and
+    rows dropped per rule, every rule present, in rule order. ``source`` names the
+    data in error messages.
+    """
+    check_request(color, month)
+    if raw.empty:
+        raise IngestError(source, "empty_file", "no rows to clean")
+    trips = normalize_trips(raw, color, source)
+    start, end = month_bounds(month)
+    checks: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
+        "missing_values": lambda df: df[list(NORMALIZED_COLUMNS)].notna().all(axis=1),
+        "pickup_outside_month": lambda df: (df[PICKUP] >= start) & (df[PICKUP] < end),
+        "duration_out_of_range": lambda df: df[DURATION].between(MIN_DURATION_MINUTES, MAX_DURATION_MINUTES),
+    }
+    trips[DURATION] = (trips[DROPOFF] - trips[PICKUP]).dt.total_seconds() / 60.0
+    dropped: dict[str, int] = {}
+    for rule in RULES:
+        keep = checks[rule](trips)
+        dropped[rule] = int((~keep).sum())
+        trips = trips[keep]
+    if trips.empty:
+        counts = ", ".join(f"{rule}={n}" for rule, n in dropped.items())
+        detail = f"all {len(raw)} rows of {color} {month} were dropped ({counts})"
+        raise IngestError(source, "no_rows_left", detail)
+    clean = trips.loc[:, list(CLEAN_COLUMNS)].reset_index(drop=True)
+    clean[DURATION] = clean[DURATION].astype("float64")
+    return clean, dropped
+
+
+def file_sha256(path: Path) -> str:
+    """Hex digest of the file as read, so a report pins the exact bytes trained on."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_clean_trips(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write a cleaned frame as parquet with an explicit schema (dtypes survive the hop)."""
+    out = Path(path)
+    lacking = [c for c in CLEAN_COLUMNS if c not in df.columns]
+    if lacking:
+        raise IngestError(str(out), "missing_columns", f"clean trips lack {', '.join(lacking)}")
+    table = pa.Table.from_pandas(df.loc[:, list(CLEAN_COLUMNS)], schema=CLEAN_SCHEMA, preserve_index=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return out
+
+
+def read_clean_trips(path: Path | str) -> pd.DataFrame:
+    """Read what ``write_clean_trips`` wrote, with the same dtypes as ``clean_trips`` returns."""
+    src = Path(path)
+    if not src.is_file():
+        raise IngestError(str(src), "file_not_found", "no such clean-trips file")
+    try:
+        names = pq.read_schema(src).names
+        lacking = [c for c in CLEAN_COLUMNS if c not in names]
+        if lacking:
+            raise IngestError(str(src), "missing_columns", f"clean trips lack {', '.join(lacking)}")
+        table = pq.read_table(src, columns=list(CLEAN_COLUMNS)).cast(CLEAN_SCHEMA)
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(str(src), "corrupt_parquet", f"not a readable parquet file: {exc}") from exc
+    return table.to_pandas()
