@@ -1,0 +1,25 @@
+"""Shared pytest fixtures: where the real TLC files are, and a small synthetic data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tlc_fixtures import write_tlc_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_TLC_DIR = REPO_ROOT.parent / "shared" / "data" / "tlc"
+
+
+@pytest.fixture(scope="session")
+def shared_tlc_dir() -> Path:
+    """The read-only real TLC files (../shared/data/tlc); skips the test when absent."""
+    if not (SHARED_TLC_DIR / "green_tripdata_2021-01.parquet").is_file():
+        pytest.skip(f"real TLC data not found in {SHARED_TLC_DIR}")
+    return SHARED_TLC_DIR
+
+
+@pytest.fixture
+def tlc_data_dir(tmp_path: Path) -> Path:
+    """Synthetic green 2021-01 (train) and 2021-02 (val) files, 500 rows each, 2021 schema."""
+    return write_tlc_dir(tmp_path / "tlc")
