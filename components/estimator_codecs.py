@@ -1,0 +1,82 @@
+"""Store fitted estimators as bytes without pickle.
+
+A model file may come from an artifact store we do not control, so loading it
+must never execute code. Each codec uses a format that is data only:
+
+* ``skops``: scikit-learn estimators through skops, loaded with an explicit
+  list of trusted types (the estimator's own class); anything else in the file
+  is refused.
+* ``xgboost-ubj``: XGBoost's own Universal Binary JSON model format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from components.errors import ModelIntegrityError
+
+
+@dataclass(frozen=True)
+class EstimatorCodec:
+    name: str
+    member_name: str  # file name inside the model archive
+    dump: Callable[[Any], bytes]
+    load: Callable[[bytes, str], Any]  # (payload, qualified estimator type) -> estimator
+
+
+def qualified_type_name(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _skops_dump(estimator: Any) -> bytes:
+    import skops.io as sio
+
+    return sio.dumps(estimator)
+
+
+def _skops_load(payload: bytes, estimator_type: str) -> Any:
+    import skops.io as sio
+
+    # Only the type the manifest names is trusted on top of skops' own safe
+    # defaults (numpy arrays, builtins, scikit-learn internals it vets).
+    untrusted = set(sio.get_untrusted_types(data=payload)) - {estimator_type}
+    if untrusted:
+        raise ModelIntegrityError(
+            f"model file holds types that are not trusted: {', '.join(sorted(untrusted))}"
+        )
+    return sio.loads(payload, trusted=[estimator_type])
+
+
+def _xgboost_dump(estimator: Any) -> bytes:
+    return bytes(estimator.get_booster().save_raw(raw_format="ubj"))
+
+
+def _xgboost_load(payload: bytes, estimator_type: str) -> Any:
+    from xgboost import XGBRegressor
+
+    if estimator_type != qualified_type_name(XGBRegressor()):
+        raise ModelIntegrityError(f"xgboost-ubj codec cannot restore a {estimator_type}")
+    estimator = XGBRegressor()
+    estimator.load_model(bytearray(payload))
+    return estimator
+
+
+CODECS: dict[str, EstimatorCodec] = {
+    codec.name: codec
+    for codec in (
+        EstimatorCodec("skops", "estimator.skops", _skops_dump, _skops_load),
+        EstimatorCodec("xgboost-ubj", "estimator.ubj", _xgboost_dump, _xgboost_load),
+    )
+}
+
+
+def codec_named(name: str) -> EstimatorCodec:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ModelIntegrityError(
+            f"unknown estimator codec {name!r}; known: {', '.join(sorted(CODECS))}"
+        ) from None

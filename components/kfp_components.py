@@ -1,0 +1,200 @@
+"""The KFP components: thin lightweight wrappers around ``components.steps``.
+
+Each body only imports the project and makes one call, so the code compiled
+into the pipeline YAML stays tiny and the real logic lives in tested modules.
+``install_kfp_package=False`` and ``base_image=PIPELINE_IMAGE``: the project's
+own image already has kfp and this package, so a pod starts without pip, and
+``kfp.local.SubprocessRunner(use_venv=False)`` runs the very same code in this
+interpreter.
+"""
+
+
+# No "from __future__ import annotations" here: KFP reads the real annotation objects.
+from typing import List  # noqa: UP035 - KFP's type parser needs typing.List in signatures
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from components import __version__
+
+PIPELINE_IMAGE = f"docker.io/taxi-mlops/pipeline:{__version__}"
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def open_tracking_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    kfp_job_id: str,
+    color: str,
+    train_month: str,
+    val_month: str,
+) -> str:
+    """Start the MLflow parent run for this pipeline run; returns its id."""
+    from components.steps import open_run_step
+
+    return open_run_step(
+        tracking_uri,
+        experiment,
+        run_name,
+        kfp_job_id,
+        {"color": color, "train_month": train_month, "val_month": val_month},
+    )
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def close_tracking_run(
+    tracking_uri: str, experiment: str, kfp_job_id: str, status: dsl.PipelineTaskFinalStatus
+) -> None:
+    """Exit handler: mark the MLflow parent run FINISHED or FAILED, whatever happened."""
+    from components.steps import close_run_step
+
+    close_run_step(tracking_uri, experiment, kfp_job_id, status.state, status.error_message or "")
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def ingest(
+    color: str,
+    month: str,
+    data_dir: str,
+    s3_uri: str,
+    cache_dir: str,
+    tlc_base_url: str,
+    trips: Output[Dataset],
+) -> str:
+    """Read one month of TLC trips, clean it; returns the ingest report as JSON."""
+    import json
+
+    from components.steps import ingest_step
+
+    report = ingest_step(
+        color=color,
+        month=month,
+        data_dir=data_dir,
+        s3_uri=s3_uri,
+        cache_dir=cache_dir,
+        tlc_base_url=tlc_base_url,
+        trips_path=trips.path,
+    )
+    trips.metadata.update({"rows": report["rows_kept"], "sha256": report["sha256"], "source": report["source"]})
+    return json.dumps(report)
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def vectorize(
+    train_trips: Input[Dataset],
+    val_trips: Input[Dataset],
+    train_matrix: Output[Dataset],
+    val_matrix: Output[Dataset],
+    vectorizer: Output[Model],
+) -> None:
+    """Fit the PU_DO + trip_distance vectorizer on the training month; transform both months."""
+    from components.steps import vectorize_step
+
+    shape = vectorize_step(
+        train_trips_path=train_trips.path,
+        val_trips_path=val_trips.path,
+        train_matrix_path=train_matrix.path,
+        val_matrix_path=val_matrix.path,
+        vectorizer_path=vectorizer.path,
+    )
+    vectorizer.metadata.update(shape)
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def train(
+    candidate: dict,
+    train_matrix: Input[Dataset],
+    val_matrix: Input[Dataset],
+    vectorizer: Input[Model],
+    train_report: str,
+    val_report: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    model: Output[Model],
+) -> str:
+    """Fit one candidate (a ParallelFor iteration); returns its result as JSON."""
+    import json
+
+    from components.steps import train_step
+
+    result = train_step(
+        candidate=candidate,
+        train_matrix_path=train_matrix.path,
+        val_matrix_path=val_matrix.path,
+        vectorizer_path=vectorizer.path,
+        data_reports=[json.loads(train_report), json.loads(val_report)],
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+        model_path=model.path,
+    )
+    model.metadata.update({"candidate": result["name"], "rmse": result["rmse"], "mae": result["mae"]})
+    return json.dumps(result)
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def evaluate(
+    models: Input[List[Model]],  # noqa: UP006
+    val_trips: Input[Dataset],
+    tracking_uri: str,
+    parent_run_id: str,
+    model_name: str,
+    min_improvement: float,
+    color: str,
+    train_month: str,
+    val_month: str,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    winner: Output[Model],
+) -> str:
+    """Score candidates and the champion on the validation month, gate the winner; returns JSON."""
+    import json
+
+    from components.steps import evaluate_step
+
+    summary = evaluate_step(
+        model_paths=[candidate_model.path for candidate_model in models],
+        val_trips_path=val_trips.path,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+        model_name=model_name,
+        min_improvement=min_improvement,
+        report_path=report.path,
+        winner_path=winner.path,
+        context={"color": color, "train_month": train_month, "val_month": val_month, "run": parent_run_id},
+    )
+    for row in summary["candidates"]:
+        metrics.log_metric(f"{row['name']}_rmse", round(row["rmse"], 4))
+        metrics.log_metric(f"{row['name']}_mae", round(row["mae"], 4))
+    gate = summary["gate"]
+    metrics.log_metric("winner_rmse", round(gate["challenger_rmse"], 4))
+    if gate["champion_rmse"] is not None:
+        metrics.log_metric("champion_rmse", round(gate["champion_rmse"], 4))
+    metrics.log_metric("gate_passed", 1.0 if gate["passed"] else 0.0)
+    winner.metadata.update({"candidate": summary["winner"], "rmse": gate["challenger_rmse"]})
+    return json.dumps(summary)
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def register(
+    winner: Input[Model],
+    evaluation: str,
+    val_trips: Input[Dataset],
+    tracking_uri: str,
+    parent_run_id: str,
+    model_name: str,
+) -> str:
+    """Register the winner in MLflow when the gate passed; returns the run summary as JSON."""
+    import json
+
+    from components.steps import register_step
+
+    summary = register_step(
+        winner_path=winner.path,
+        evaluation=json.loads(evaluation),
+        val_trips_path=val_trips.path,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+        model_name=model_name,
+    )
+    return json.dumps(summary)

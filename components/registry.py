@@ -1,0 +1,84 @@
+"""The MLflow model registry as the project uses it: versions, aliases, verified downloads.
+
+Aliases carry the deployment roles: ``champion`` serves production traffic,
+``challenger`` is a gate winner waiting for (or in) its canary.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.errors import ModelIntegrityError
+from components.tracking import client_for
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SHA256_TAG = "model_sha256"
+# The pyfunc keeps its artifacts under this key; the file sits in artifacts/ of the model dir.
+PYFUNC_ARTIFACT_KEY = "trip_duration_model"
+
+
+@dataclass(frozen=True)
+class RegisteredModelFile:
+    """A model version resolved to a verified local model file."""
+
+    name: str
+    version: str
+    alias: str
+    sha256: str
+    path: Path
+
+    def load(self) -> TripDurationModel:
+        return load_duration_model(self.path, self.sha256)
+
+
+def version_for_alias(tracking_uri: str, model_name: str, alias: str) -> ModelVersion | None:
+    """The version that holds ``alias``, or None when the model or the alias does not exist."""
+    client = client_for(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def fetch_model_file(
+    tracking_uri: str, version: ModelVersion, alias: str = "", dest_dir: Path | None = None
+) -> RegisteredModelFile:
+    """Download a version's model file and check it against the sha256 recorded at registration."""
+    import mlflow.artifacts
+
+    expected = version.tags.get(SHA256_TAG)
+    if not expected:
+        raise ModelIntegrityError(
+            f"model {version.name} version {version.version} has no {SHA256_TAG} tag; "
+            "refusing to load an unverifiable model file"
+        )
+    target = dest_dir or Path(tempfile.mkdtemp(prefix="taxi-mlops-model-"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{version.name}/{version.version}",
+        dst_path=str(target),
+        tracking_uri=tracking_uri,
+    )
+    path = Path(local) / "artifacts" / MODEL_FILE_NAME
+    if not path.is_file():
+        raise ModelIntegrityError(
+            f"model {version.name} version {version.version} has no artifacts/{MODEL_FILE_NAME}"
+        )
+    return RegisteredModelFile(version.name, str(version.version), alias, expected, path)
+
+
+def champion_model(tracking_uri: str, model_name: str) -> RegisteredModelFile | None:
+    """The current champion's verified model file, or None when there is no champion yet."""
+    version = version_for_alias(tracking_uri, model_name, CHAMPION)
+    if version is None:
+        return None
+    return fetch_model_file(tracking_uri, version, CHAMPION)

@@ -1,0 +1,123 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per candidate.
+
+Every step receives the tracking URI and the parent run id as parameters (never
+from a global), so the same code logs to sqlite on a laptop and to the MLflow
+server on a cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+PIPELINE_RUN_TAG = "taxi_mlops.pipeline_run"
+KFP_JOB_TAG = "taxi_mlops.kfp_job_id"
+CANDIDATE_TAG = "taxi_mlops.candidate"
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Experiment id for ``name``, creating it (with ``artifact_location``) if absent."""
+    client = client_for(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def open_pipeline_run(
+    tracking_uri: str, experiment: str, run_name: str, kfp_job_id: str, params: Mapping[str, Any]
+) -> str:
+    """Start the parent run for one pipeline run and return its id (left RUNNING).
+
+    The run is tagged with the KFP job id so the exit handler, which may not
+    depend on other tasks, can find it again, and with ``run_name`` so the
+    CLI can read the run's summary back.
+    """
+    client = client_for(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name or None,
+        tags={PIPELINE_RUN_TAG: run_name or kfp_job_id, KFP_JOB_TAG: kfp_job_id},
+    )
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def find_pipeline_run(tracking_uri: str, experiment: str, tag: str, value: str) -> str | None:
+    """The parent run id whose ``tag`` equals ``value`` (newest first), or None."""
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def close_pipeline_run(tracking_uri: str, run_id: str, succeeded: bool, error: str = "") -> None:
+    client = client_for(tracking_uri)
+    if error:
+        client.set_tag(run_id, "pipeline_error", error[:5000])
+    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    client.set_terminated(run_id, status=status)
+
+
+@contextmanager
+def candidate_run(tracking_uri: str, parent_run_id: str, candidate: str) -> Iterator[str]:
+    """A nested run under the pipeline's parent run; yields its id, FAILED if the body raises."""
+    client = client_for(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=candidate,
+        tags={"mlflow.parentRunId": parent_run_id, CANDIDATE_TAG: candidate},
+    )
+    try:
+        yield run.info.run_id
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def log_run_values(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Log params, metrics and tags in one batch (one round trip to the store)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = client_for(tracking_uri)
+    now_ms = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now_ms, 0) for key, value in (metrics or {}).items()],
+        params=[Param(key, _param_text(value)) for key, value in (params or {}).items()],
+        tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+    )
+
+
+def _param_text(value: Any) -> str:
+    # MLflow caps a param value at 6000 characters; ours are short, but never fail a run on it.
+    return str(value)[:6000]

@@ -1,0 +1,116 @@
+"""The training pipeline: ingest -> vectorize -> train x N -> evaluate -> register.
+
+Wiring only; every step's logic lives in ``components``. Compile it with
+``taxi-mlops compile -o pipeline.yaml`` or ``python -m pipelines.training_pipeline``.
+"""
+
+
+# No "from __future__ import annotations" here: KFP reads the real annotation objects.
+from typing import List  # noqa: UP035 - KFP's signature parser wants typing.List
+
+from kfp import compiler, dsl
+
+from components.candidates import CANDIDATES
+from components.kfp_components import (
+    close_tracking_run,
+    evaluate,
+    ingest,
+    open_tracking_run,
+    register,
+    train,
+    vectorize,
+)
+
+PIPELINE_NAME = "taxi-trip-duration-training"
+TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+DEFAULT_CANDIDATES: list[dict] = [{"name": name, "params": {}} for name in CANDIDATES]
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Train trip-duration candidates on one TLC month, gate the best against the champion, register it.",
+)
+def training_pipeline(
+    color: str = "green",
+    train_month: str = "2021-01",
+    val_month: str = "2021-02",
+    candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006, B006 - KFP reads the default as data
+    min_improvement: float = 0.01,
+    tracking_uri: str = "http://mlflow.taxi-mlops.svc.cluster.local:5000",
+    experiment: str = "taxi-trip-duration",
+    model_name: str = "taxi-trip-duration",
+    run_name: str = "",
+    data_dir: str = "",
+    s3_uri: str = "",
+    cache_dir: str = "",
+    tlc_base_url: str = TLC_BASE_URL,
+) -> None:
+    """Hyperparameters travel inside ``candidates``: ``[{"name": "ridge", "params": {"alpha": 0.5}}, ...]``."""
+    closer = close_tracking_run(
+        tracking_uri=tracking_uri, experiment=experiment, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    ).set_display_name("close-mlflow-run")
+    with dsl.ExitHandler(closer, name="tracked-run"):
+        opened = open_tracking_run(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            run_name=run_name,
+            kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            color=color,
+            train_month=train_month,
+            val_month=val_month,
+        ).set_display_name("open-mlflow-run")
+
+        source = {"data_dir": data_dir, "s3_uri": s3_uri, "cache_dir": cache_dir, "tlc_base_url": tlc_base_url}
+        train_trips = ingest(color=color, month=train_month, **source).set_display_name("ingest-train-month")
+        val_trips = ingest(color=color, month=val_month, **source).set_display_name("ingest-validation-month")
+
+        features = vectorize(
+            train_trips=train_trips.outputs["trips"], val_trips=val_trips.outputs["trips"]
+        ).set_display_name("vectorize")
+
+        with dsl.ParallelFor(candidates, name="candidates") as candidate:
+            fitted = train(
+                candidate=candidate,
+                train_matrix=features.outputs["train_matrix"],
+                val_matrix=features.outputs["val_matrix"],
+                vectorizer=features.outputs["vectorizer"],
+                train_report=train_trips.outputs["Output"],
+                val_report=val_trips.outputs["Output"],
+                tracking_uri=tracking_uri,
+                parent_run_id=opened.output,
+            ).set_display_name("train-candidate")
+
+        evaluated = evaluate(
+            models=dsl.Collected(fitted.outputs["model"]),
+            val_trips=val_trips.outputs["trips"],
+            tracking_uri=tracking_uri,
+            parent_run_id=opened.output,
+            model_name=model_name,
+            min_improvement=min_improvement,
+            color=color,
+            train_month=train_month,
+            val_month=val_month,
+        ).set_display_name("evaluate-and-gate")
+
+        registered = register(
+            winner=evaluated.outputs["winner"],
+            evaluation=evaluated.outputs["Output"],
+            val_trips=val_trips.outputs["trips"],
+            tracking_uri=tracking_uri,
+            parent_run_id=opened.output,
+            model_name=model_name,
+        ).set_display_name("register")
+
+    # Tasks that talk to MLflow must run every time: a cached result would point
+    # at another run's MLflow entries.
+    for task in (closer, opened, fitted, evaluated, registered):
+        task.set_caching_options(False)
+
+
+def compile_pipeline(path: str) -> str:
+    compiler.Compiler().compile(training_pipeline, package_path=path)
+    return path
+
+
+if __name__ == "__main__":
+    print(compile_pipeline("training_pipeline.yaml"))
