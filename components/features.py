@@ -135,6 +135,7 @@ def trip_features(trips: pd.DataFrame) -> pd.DataFrame:
             "trip_distance": np.asarray(distance, dtype=np.float64),
         },
         index=trips.index,
+        copy=False,  # the arrays are fresh; skip pandas' defensive copy (~0.3 s at 10M rows)
     )
 
 
@@ -319,7 +320,9 @@ class TripVectorizer:
         _require_columns(features, (*self.categorical, *self.numeric), "TripVectorizer.transform")
         n_rows = len(features)
         columns = self._row_order or [*self.categorical, *self.numeric]
-        index = np.empty((n_rows, len(columns)), dtype=np.int64)
+        # int32 entries when the feature count allows: no cast needed for the CSR.
+        entry_dtype = np.int32 if len(names) <= _INT32_MAX else np.int64
+        index = np.empty((n_rows, len(columns)), dtype=entry_dtype)
         data = np.ones((n_rows, len(columns)), dtype=np.float64)
         for j, column in enumerate(columns):
             if column in self._numeric_index:
@@ -333,7 +336,7 @@ class TripVectorizer:
                 index[:, j] = self._category_indices(column, codes, uniques)
         if self._row_order is None and len(columns) > 1:
             # Overlapping column ranges: sort each row; unseen (-1) entries go last.
-            sort_key = np.where(index < 0, np.iinfo(np.int64).max, index)
+            sort_key = np.where(index < 0, np.iinfo(index.dtype).max, index)
             order = np.argsort(sort_key, axis=1, kind="stable")
             index = np.take_along_axis(index, order, axis=1)
             data = np.take_along_axis(data, order, axis=1)
@@ -397,7 +400,7 @@ def _build_csr(index: np.ndarray, data: np.ndarray, n_features: int) -> sp.csr_m
     n_rows, k = index.shape
     valid = index >= 0
     if valid.all():
-        indptr = np.arange(0, n_rows * k + 1, k, dtype=np.int64)
+        indptr = np.arange(0, n_rows * k + 1, k, dtype=np.int64 if n_rows * k > _INT32_MAX else np.int32)
         indices, values = index.ravel(), data.ravel()
     else:
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
