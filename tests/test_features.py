@@ -99,6 +99,20 @@ def test_trip_features_id_spellings_agree():
     assert features.index.tolist() == [10, 11, 12, 13]
 
 
+def test_trip_features_nullable_dtypes_and_no_aliasing():
+    trips = pd.DataFrame(
+        {
+            "PULocationID": pd.array(["1", "2"], dtype="string"),
+            "DOLocationID": pd.array([3, 4], dtype="Int64"),
+            "trip_distance": [1.0, 2.0],
+        }
+    )
+    features = trip_features(trips)
+    assert features["PU_DO"].tolist() == ["1_3", "2_4"]
+    features.loc[0, "trip_distance"] = 99.0
+    assert trips.loc[0, "trip_distance"] == 1.0  # features do not alias the input
+
+
 def test_trip_features_keeps_nan_distance_and_handles_empty():
     trips = pd.DataFrame({"PULocationID": ["1"], "DOLocationID": ["2"], "trip_distance": [np.nan]})
     assert np.isnan(trip_features(trips)["trip_distance"].iloc[0])
