@@ -18,9 +18,9 @@ from components.errors import CandidateConfigError
 class Regressor(Protocol):
     """What the pipeline needs of an estimator: scikit-learn's regressor protocol."""
 
-    def fit(self, X: Any, y: Any) -> Any: ...  # noqa: N803 - scikit-learn's own argument name
+    def fit(self, X: Any, y: Any) -> Any: ...
 
-    def predict(self, X: Any) -> Any: ...  # noqa: N803
+    def predict(self, X: Any) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,9 @@ def load_duration_model(path: str | Path, expected_sha256: str | None) -> TripDu
 
 def _check_manifest(source: Path, manifest: Mapping[str, Any]) -> None:
     if manifest.get("format") != MODEL_FORMAT:
-        raise ModelIntegrityError(f"{source}: not a trip duration model file (format {manifest.get('format')!r})")
+        raise ModelIntegrityError(
+            f"{source}: not a trip duration model file (format {manifest.get('format')!r})"
+        )
     if manifest.get("format_version") != MODEL_FORMAT_VERSION:
         raise ModelIntegrityError(
             f"{source}: model format version {manifest.get('format_version')} is not supported "

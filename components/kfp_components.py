@@ -8,12 +8,11 @@ own image already has kfp and this package, so a pod starts without pip, and
 interpreter.
 """
 
-
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
 from typing import List  # noqa: UP035 - KFP's type parser needs typing.List in signatures
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import __version__
 
@@ -29,17 +28,28 @@ def open_tracking_run(
     color: str,
     train_month: str,
     val_month: str,
-) -> str:
-    """Start the MLflow parent run for this pipeline run; returns its id."""
+    mlflow_run: Output[Artifact],
+) -> None:
+    """Start the MLflow parent run for this pipeline run.
+
+    The run id travels as an artifact (metadata ``run_id``), not as an output
+    parameter: kfp.local (2.17) replaces every task-output parameter fed into
+    a ParallelFor with the loop item, while artifacts pass through intact.
+    """
+    import json
+
     from components.steps import open_run_step
 
-    return open_run_step(
+    run_id = open_run_step(
         tracking_uri,
         experiment,
         run_name,
         kfp_job_id,
         {"color": color, "train_month": train_month, "val_month": val_month},
     )
+    mlflow_run.metadata.update({"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment})
+    with open(mlflow_run.path, "w", encoding="utf-8") as handle:
+        json.dump({"run_id": run_id, "tracking_uri": tracking_uri}, handle)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
@@ -61,10 +71,8 @@ def ingest(
     cache_dir: str,
     tlc_base_url: str,
     trips: Output[Dataset],
-) -> str:
-    """Read one month of TLC trips, clean it; returns the ingest report as JSON."""
-    import json
-
+) -> dict:
+    """Read one month of TLC trips, clean it; returns the ingest report."""
     from components.steps import ingest_step
 
     report = ingest_step(
@@ -76,8 +84,8 @@ def ingest(
         tlc_base_url=tlc_base_url,
         trips_path=trips.path,
     )
-    trips.metadata.update({"rows": report["rows_kept"], "sha256": report["sha256"], "source": report["source"]})
-    return json.dumps(report)
+    trips.metadata.update(report)
+    return report
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
@@ -91,6 +99,10 @@ def vectorize(
     """Fit the PU_DO + trip_distance vectorizer on the training month; transform both months."""
     from components.steps import vectorize_step
 
+    # The matrices carry their data lineage (file, sha256, row counts) on to training.
+    lineage = {"data": [dict(train_trips.metadata), dict(val_trips.metadata)]}
+    train_matrix.metadata.update(lineage)
+    val_matrix.metadata.update(lineage)
     shape = vectorize_step(
         train_trips_path=train_trips.path,
         val_trips_path=val_trips.path,
@@ -107,15 +119,10 @@ def train(
     train_matrix: Input[Dataset],
     val_matrix: Input[Dataset],
     vectorizer: Input[Model],
-    train_report: str,
-    val_report: str,
-    tracking_uri: str,
-    parent_run_id: str,
+    mlflow_run: Input[Artifact],
     model: Output[Model],
-) -> str:
-    """Fit one candidate (a ParallelFor iteration); returns its result as JSON."""
-    import json
-
+) -> None:
+    """Fit one candidate (a ParallelFor iteration)."""
     from components.steps import train_step
 
     result = train_step(
@@ -123,21 +130,27 @@ def train(
         train_matrix_path=train_matrix.path,
         val_matrix_path=val_matrix.path,
         vectorizer_path=vectorizer.path,
-        data_reports=[json.loads(train_report), json.loads(val_report)],
-        tracking_uri=tracking_uri,
-        parent_run_id=parent_run_id,
+        data_reports=train_matrix.metadata.get("data", []),
+        tracking_uri=mlflow_run.metadata["tracking_uri"],
+        parent_run_id=mlflow_run.metadata["run_id"],
         model_path=model.path,
     )
-    model.metadata.update({"candidate": result["name"], "rmse": result["rmse"], "mae": result["mae"]})
-    return json.dumps(result)
+    model.metadata.update(
+        {
+            "candidate": result["name"],
+            "rmse": result["rmse"],
+            "mae": result["mae"],
+            "train_seconds": result["train_seconds"],
+            "mlflow_run_id": result["mlflow_run_id"],
+        }
+    )
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def evaluate(
     models: Input[List[Model]],  # noqa: UP006
     val_trips: Input[Dataset],
-    tracking_uri: str,
-    parent_run_id: str,
+    mlflow_run: Input[Artifact],
     model_name: str,
     min_improvement: float,
     color: str,
@@ -146,8 +159,13 @@ def evaluate(
     metrics: Output[Metrics],
     report: Output[HTML],
     winner: Output[Model],
-) -> str:
-    """Score candidates and the champion on the validation month, gate the winner; returns JSON."""
+    evaluation: Output[Artifact],
+) -> None:
+    """Score candidates and the champion on the validation month, gate the winner.
+
+    The evaluation travels as a JSON artifact: it holds nulls (no champion
+    yet), which KFP parameters cannot carry.
+    """
     import json
 
     from components.steps import evaluate_step
@@ -155,13 +173,18 @@ def evaluate(
     summary = evaluate_step(
         model_paths=[candidate_model.path for candidate_model in models],
         val_trips_path=val_trips.path,
-        tracking_uri=tracking_uri,
-        parent_run_id=parent_run_id,
+        tracking_uri=mlflow_run.metadata["tracking_uri"],
+        parent_run_id=mlflow_run.metadata["run_id"],
         model_name=model_name,
         min_improvement=min_improvement,
         report_path=report.path,
         winner_path=winner.path,
-        context={"color": color, "train_month": train_month, "val_month": val_month, "run": parent_run_id},
+        context={
+            "color": color,
+            "train_month": train_month,
+            "val_month": val_month,
+            "mlflow_run": mlflow_run.metadata["run_id"],
+        },
     )
     for row in summary["candidates"]:
         metrics.log_metric(f"{row['name']}_rmse", round(row["rmse"], 4))
@@ -172,29 +195,38 @@ def evaluate(
         metrics.log_metric("champion_rmse", round(gate["champion_rmse"], 4))
     metrics.log_metric("gate_passed", 1.0 if gate["passed"] else 0.0)
     winner.metadata.update({"candidate": summary["winner"], "rmse": gate["challenger_rmse"]})
-    return json.dumps(summary)
+    evaluation.metadata.update({"winner": summary["winner"], "gate_passed": gate["passed"]})
+    with open(evaluation.path, "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def register(
     winner: Input[Model],
-    evaluation: str,
+    evaluation: Input[Artifact],
     val_trips: Input[Dataset],
-    tracking_uri: str,
-    parent_run_id: str,
+    mlflow_run: Input[Artifact],
     model_name: str,
-) -> str:
-    """Register the winner in MLflow when the gate passed; returns the run summary as JSON."""
+    summary: Output[Artifact],
+) -> None:
+    """Register the winner in MLflow when the gate passed; writes the run's summary."""
     import json
 
     from components.steps import register_step
 
-    summary = register_step(
+    with open(evaluation.path, encoding="utf-8") as handle:
+        evaluated = json.load(handle)
+    result = register_step(
         winner_path=winner.path,
-        evaluation=json.loads(evaluation),
+        evaluation=evaluated,
         val_trips_path=val_trips.path,
-        tracking_uri=tracking_uri,
-        parent_run_id=parent_run_id,
+        tracking_uri=mlflow_run.metadata["tracking_uri"],
+        parent_run_id=mlflow_run.metadata["run_id"],
         model_name=model_name,
     )
-    return json.dumps(summary)
+    registration = result["registration"]
+    summary.metadata.update(
+        {"model_version": registration["model_version"] or "", "alias": registration["alias"] or ""}
+    )
+    with open(summary.path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)

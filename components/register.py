@@ -20,6 +20,16 @@ from components.registry import CHALLENGER, CHAMPION, PYFUNC_ARTIFACT_KEY, SHA25
 from components.tracking import client_for
 
 MODEL_CODE_PATH = Path(__file__).with_name("mlflow_model_code.py")
+PACKAGE_DIR = Path(__file__).parent
+# What loading the pyfunc needs; pinned to what trained it. Listing them avoids
+# MLflow's requirement inference, which imports the model in a subprocess.
+PYFUNC_PACKAGES = ("mlflow", "numpy", "pandas", "scipy", "scikit-learn", "skops", "xgboost")
+
+
+def pyfunc_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in PYFUNC_PACKAGES]
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,9 @@ def register_winner(
     (the canary decides later whether the challenger is promoted).
     """
     if not gate["passed"]:
-        return Registration(model_name, None, None, None, f"gate failed, nothing registered: {gate['reason']}")
+        return Registration(
+            model_name, None, None, None, f"gate failed, nothing registered: {gate['reason']}"
+        )
 
     import mlflow
     from mlflow.models import infer_signature
@@ -74,6 +86,9 @@ def register_winner(
             python_model=str(MODEL_CODE_PATH),
             artifacts={PYFUNC_ARTIFACT_KEY: str(model_file)},
             model_config={"sha256": sha256},
+            # The model loads anywhere with these packages: the project's code travels with it.
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=pyfunc_requirements(),
             signature=signature,
             input_example=example,
         )
@@ -85,4 +100,3 @@ def register_winner(
         client.delete_model_version(model_name, version.version)
         raise
     return Registration(model_name, str(version.version), alias, sha256, gate["reason"])
-

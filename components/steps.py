@@ -11,28 +11,32 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components import tracking
-from components.duration_model import load_duration_model
-from components.evaluate import evaluate_candidates
-from components.ingest import load_month, read_clean_trips, write_clean_trips
-from components.register import register_winner
-from components.registry import champion_model
-from components.report import render_evaluation_report
-from components.tlc_source import S3Connection
-from components.train import fit_candidate
-from components.vectorize import (
-    load_design_matrix,
-    load_vectorizer,
-    save_design_matrix,
-    save_vectorizer,
-    vectorize_trips,
-)
+# Each step imports what it needs inside its function: a task runs one step in
+# a fresh process, and ingest should not pay for importing MLflow or matplotlib.
 
 log = logging.getLogger("taxi_mlops.steps")
+
+
+def _notes_to_stdout() -> None:
+    """Step notes go to stdout with a fixed prefix.
+
+    The KFP UI shows them in the task's log, and the local runner turns them
+    into progress lines.
+    """
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[taxi-mlops] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+_notes_to_stdout()
 # Where the register step leaves the whole run's summary, in the parent MLflow run.
 SUMMARY_ARTIFACT = "pipeline/summary.json"
 
@@ -40,6 +44,8 @@ SUMMARY_ARTIFACT = "pipeline/summary.json"
 def open_run_step(
     tracking_uri: str, experiment: str, run_name: str, kfp_job_id: str, params: Mapping[str, Any]
 ) -> str:
+    from components import tracking
+
     run_id = tracking.open_pipeline_run(tracking_uri, experiment, run_name, kfp_job_id, params)
     log.info("MLflow pipeline run %s in experiment %r", run_id, experiment)
     return run_id
@@ -49,6 +55,8 @@ def close_run_step(
     tracking_uri: str, experiment: str, kfp_job_id: str, pipeline_state: str, error: str
 ) -> None:
     """Mark the parent run FINISHED or FAILED from the pipeline's final state."""
+    from components import tracking
+
     run_id = tracking.find_pipeline_run(tracking_uri, experiment, tracking.KFP_JOB_TAG, kfp_job_id)
     if run_id is None:
         # The pipeline failed before it could open its run: nothing to close.
@@ -70,6 +78,9 @@ def ingest_step(
     trips_path: str,
 ) -> dict[str, Any]:
     """Fetch and clean one month; returns the ingest report (also logged as one line)."""
+    from components.ingest import load_month, write_clean_trips
+    from components.tlc_source import S3Connection
+
     s3 = S3Connection.from_env() if s3_uri else None
     trips, report = load_month(
         color,
@@ -93,6 +104,9 @@ def vectorize_step(
     val_matrix_path: str,
     vectorizer_path: str,
 ) -> dict[str, int]:
+    from components.ingest import read_clean_trips
+    from components.vectorize import save_design_matrix, save_vectorizer, vectorize_trips
+
     vectorizer, train, validation = vectorize_trips(
         read_clean_trips(train_trips_path), read_clean_trips(val_trips_path)
     )
@@ -116,6 +130,10 @@ def train_step(
     model_path: str,
 ) -> dict[str, Any]:
     """Fit one candidate inside its own nested MLflow run and save the model file."""
+    from components import tracking
+    from components.train import fit_candidate
+    from components.vectorize import load_design_matrix, load_vectorizer
+
     name = str(candidate["name"])
     overrides = dict(candidate.get("params") or {})
     with tracking.candidate_run(tracking_uri, parent_run_id, name) as run_id:
@@ -154,6 +172,12 @@ def evaluate_step(
     context: Mapping[str, str],
 ) -> dict[str, Any]:
     """Score all candidates and the champion on the validation month; copy the winner; write the report."""
+    from components.duration_model import load_duration_model
+    from components.evaluate import evaluate_candidates
+    from components.ingest import read_clean_trips
+    from components.registry import champion_model
+    from components.report import render_evaluation_report
+
     validation_trips = read_clean_trips(val_trips_path)
     models = [load_duration_model(path, expected_sha256=None) for path in model_paths]
     champion_file = champion_model(tracking_uri, model_name)
@@ -186,6 +210,11 @@ def register_step(
     model_name: str,
 ) -> dict[str, Any]:
     """Register the winner when the gate passed; returns the run's summary (evaluation + registration)."""
+    from components import tracking
+    from components.duration_model import load_duration_model
+    from components.ingest import read_clean_trips
+    from components.register import register_winner
+
     winner = load_duration_model(winner_path, expected_sha256=None)
     registration = register_winner(
         tracking_uri=tracking_uri,
@@ -225,6 +254,8 @@ def _lineage_params(data_reports: Sequence[Mapping[str, Any]]) -> dict[str, str]
 
 
 def _log_evaluation(tracking_uri: str, run_id: str, summary: Mapping[str, Any], html: str) -> None:
+    from components import tracking
+
     gate = summary["gate"]
     metrics = {f"{row['name']}_rmse": row["rmse"] for row in summary["candidates"]}
     metrics["winner_rmse"] = gate["challenger_rmse"]
@@ -239,4 +270,3 @@ def _log_evaluation(tracking_uri: str, run_id: str, summary: Mapping[str, Any], 
     client = tracking.client_for(tracking_uri)
     client.log_text(run_id, html, "evaluation/report.html")
     client.log_text(run_id, json.dumps(summary, indent=2), "evaluation/summary.json")
-

@@ -4,7 +4,6 @@ Wiring only; every step's logic lives in ``components``. Compile it with
 ``taxi-mlops compile -o pipeline.yaml`` or ``python -m pipelines.training_pipeline``.
 """
 
-
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
 from typing import List  # noqa: UP035 - KFP's signature parser wants typing.List
 
@@ -28,13 +27,15 @@ DEFAULT_CANDIDATES: list[dict] = [{"name": name, "params": {}} for name in CANDI
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Train trip-duration candidates on one TLC month, gate the best against the champion, register it.",
+    description=(
+        "Train trip-duration candidates on one TLC month, gate the best against the champion, register it."
+    ),
 )
 def training_pipeline(
     color: str = "green",
     train_month: str = "2021-01",
     val_month: str = "2021-02",
-    candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006, B006 - KFP reads the default as data
+    candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006 - KFP reads the default as data
     min_improvement: float = 0.01,
     tracking_uri: str = "http://mlflow.taxi-mlops.svc.cluster.local:5000",
     experiment: str = "taxi-trip-duration",
@@ -45,7 +46,10 @@ def training_pipeline(
     cache_dir: str = "",
     tlc_base_url: str = TLC_BASE_URL,
 ) -> None:
-    """Hyperparameters travel inside ``candidates``: ``[{"name": "ridge", "params": {"alpha": 0.5}}, ...]``."""
+    """Hyperparameters travel inside ``candidates``.
+
+    For example ``[{"name": "ridge", "params": {"alpha": 0.5}}, {"name": "xgboost", "params": {}}]``.
+    """
     closer = close_tracking_run(
         tracking_uri=tracking_uri, experiment=experiment, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
     ).set_display_name("close-mlflow-run")
@@ -60,7 +64,12 @@ def training_pipeline(
             val_month=val_month,
         ).set_display_name("open-mlflow-run")
 
-        source = {"data_dir": data_dir, "s3_uri": s3_uri, "cache_dir": cache_dir, "tlc_base_url": tlc_base_url}
+        source = {
+            "data_dir": data_dir,
+            "s3_uri": s3_uri,
+            "cache_dir": cache_dir,
+            "tlc_base_url": tlc_base_url,
+        }
         train_trips = ingest(color=color, month=train_month, **source).set_display_name("ingest-train-month")
         val_trips = ingest(color=color, month=val_month, **source).set_display_name("ingest-validation-month")
 
@@ -74,17 +83,13 @@ def training_pipeline(
                 train_matrix=features.outputs["train_matrix"],
                 val_matrix=features.outputs["val_matrix"],
                 vectorizer=features.outputs["vectorizer"],
-                train_report=train_trips.outputs["Output"],
-                val_report=val_trips.outputs["Output"],
-                tracking_uri=tracking_uri,
-                parent_run_id=opened.output,
+                mlflow_run=opened.outputs["mlflow_run"],
             ).set_display_name("train-candidate")
 
         evaluated = evaluate(
             models=dsl.Collected(fitted.outputs["model"]),
             val_trips=val_trips.outputs["trips"],
-            tracking_uri=tracking_uri,
-            parent_run_id=opened.output,
+            mlflow_run=opened.outputs["mlflow_run"],
             model_name=model_name,
             min_improvement=min_improvement,
             color=color,
@@ -94,10 +99,9 @@ def training_pipeline(
 
         registered = register(
             winner=evaluated.outputs["winner"],
-            evaluation=evaluated.outputs["Output"],
+            evaluation=evaluated.outputs["evaluation"],
             val_trips=val_trips.outputs["trips"],
-            tracking_uri=tracking_uri,
-            parent_run_id=opened.output,
+            mlflow_run=opened.outputs["mlflow_run"],
             model_name=model_name,
         ).set_display_name("register")
 

@@ -1,0 +1,179 @@
+"""``taxi-mlops``: the command line of the project.
+
+This is the one place that reads the environment (through ``Settings``) and
+turns it into pipeline parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from components.candidates import CANDIDATES
+from components.errors import TaxiMlopsError
+from pipelines.settings import Settings
+
+MONTH = click.STRING
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taxi-mlops")
+def main() -> None:
+    """NYC taxi trip duration: train, register and deploy with Kubeflow Pipelines, MLflow and KServe."""
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
+    help="Folder (or file) with TLC parquet files; without it, files are downloaded from the TLC site "
+    "and cached.",
+)
+@click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead.")
+@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
+@click.option("--train-month", default="2021-01", show_default=True, metavar="YYYY-MM")
+@click.option("--val-month", default="2021-02", show_default=True, metavar="YYYY-MM")
+@click.option(
+    "--candidates",
+    "candidate_names",
+    default=",".join(CANDIDATES),
+    show_default=True,
+    help="Comma-separated candidate models to train in parallel.",
+)
+@click.option(
+    "--param",
+    "param_overrides",
+    multiple=True,
+    metavar="MODEL.NAME=VALUE",
+    help="Hyperparameter override, e.g. --param xgboost.n_estimators=300 (VALUE is JSON). Repeatable.",
+)
+@click.option(
+    "--min-improvement",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Gate margin: relative RMSE improvement the winner needs over the champion.",
+)
+@click.option(
+    "--summary-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the run summary JSON."
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where local runs keep MLflow, KFP outputs and logs "
+    "[env TAXI_MLOPS_STATE_DIR; default ./.taxi-mlops].",
+)
+@click.option("--verbose", is_flag=True, help="Stream KFP's own task logs too.")
+def run(
+    data_dir: Path | None,
+    s3_uri: str | None,
+    color: str,
+    train_month: str,
+    val_month: str,
+    candidate_names: str,
+    param_overrides: tuple[str, ...],
+    min_improvement: float,
+    summary_out: Path | None,
+    state_dir: Path | None,
+    verbose: bool,
+) -> None:
+    """Run the training pipeline locally: ingest -> vectorize -> train -> evaluate -> register."""
+    from pipelines.local_run import RunRequest, run_pipeline_locally
+
+    settings = Settings.from_env(state_dir=state_dir)
+    try:
+        candidates = parse_candidates(candidate_names, param_overrides)
+        request = RunRequest(
+            color=color,
+            train_month=train_month,
+            val_month=val_month,
+            data_dir=str(data_dir) if data_dir else None,
+            s3_uri=s3_uri,
+            candidates=candidates,
+            min_improvement=min_improvement,
+        )
+        click.echo(f"MLflow: {settings.tracking_uri}  (experiment {settings.experiment!r})")
+        summary = run_pipeline_locally(settings, request, progress=click.echo, verbose=verbose)
+    except TaxiMlopsError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(render_summary(summary))
+    if summary_out:
+        summary_out.parent.mkdir(parents=True, exist_ok=True)
+        summary_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"summary written to {summary_out}")
+
+
+@main.command(name="compile")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("training_pipeline.yaml"),
+    show_default=True,
+)
+def compile_command(output: Path) -> None:
+    """Compile the training pipeline to KFP IR YAML (upload it in the KFP UI or with `kfp`)."""
+    from pipelines.training_pipeline import compile_pipeline
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compile_pipeline(str(output))
+    click.echo(f"wrote {output}")
+
+
+def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``"ridge,xgboost"`` + ``("xgboost.n_estimators=300",)`` -> the pipeline's candidates parameter."""
+    from components.candidates import candidate_spec, resolve_params
+
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    if not chosen:
+        raise click.BadParameter("name at least one candidate", param_hint="--candidates")
+    for name in chosen:
+        candidate_spec(name)
+    params: dict[str, dict[str, Any]] = {name: {} for name in chosen}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        model, dot, param = key.partition(".")
+        if not (sep and dot and model and param):
+            raise click.BadParameter(f"{override!r} is not MODEL.NAME=VALUE", param_hint="--param")
+        if model not in params:
+            raise click.BadParameter(f"{model!r} is not among --candidates {names!r}", param_hint="--param")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare word such as reg:squarederror is a string
+        params[model][param] = value
+    for name, overrides_for_model in params.items():
+        resolve_params(name, overrides_for_model)  # rejects unknown hyperparameter names now
+    return [{"name": name, "params": params[name]} for name in chosen]
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """The final table: candidates by RMSE, the gate's verdict, what was registered."""
+    lines = ["", f"{'candidate':<20}{'RMSE':>9}{'MAE':>9}{'train s':>10}"]
+    for row in summary["candidates"]:
+        marker = "  <- winner" if row["name"] == summary["winner"] else ""
+        lines.append(
+            f"{row['name']:<20}{row['rmse']:>9.4f}{row['mae']:>9.4f}{row['train_seconds']:>10.1f}{marker}"
+        )
+    gate = summary["gate"]
+    lines.append("")
+    lines.append(f"gate: {'PASSED' if gate['passed'] else 'NOT PASSED'} - {gate['reason']}")
+    if summary["model_version"]:
+        lines.append(
+            f"registered: {summary['model_name']} version {summary['model_version']} "
+            f"with alias {summary['alias']!r}"
+        )
+    else:
+        lines.append("registered: nothing (the champion stays in place)")
+    total = sum(summary["step_seconds"].values())
+    lines.append(f"steps: {total:.1f}s of task time; MLflow run {summary['mlflow_run_id']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

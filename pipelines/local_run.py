@@ -1,0 +1,282 @@
+"""Run the training pipeline on this machine with ``kfp.local`` and report on it.
+
+The same compiled components run here as on a cluster:
+``SubprocessRunner(use_venv=False)`` executes each task in a subprocess of this
+interpreter (the project's own environment stands in for its image). KFP's very
+verbose local logs go to a log file; the terminal gets one progress line per
+step, and the run's summary is read back from MLflow, the system of record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from components.errors import TaxiMlopsError
+from components.steps import SUMMARY_ARTIFACT
+from components.tracking import PIPELINE_RUN_TAG, client_for, ensure_experiment, find_pipeline_run
+from pipelines.settings import Settings
+
+# Friendly step names for KFP's task names (the second ingest is the validation month).
+STEP_NAMES = {
+    "open-tracking-run": "open_run",
+    "ingest": "ingest_train",
+    "ingest-2": "ingest_val",
+    "vectorize": "vectorize",
+    "train": "train",
+    "evaluate": "evaluate",
+    "register": "register",
+    "close-tracking-run": "close_run",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_START = re.compile(r"Executing task '([\w-]+)'")
+_TASK_END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+_STEP_NOTE = re.compile(r"\[taxi-mlops\] (.*)")
+_ERROR_LINE = re.compile(r"^\s*((?:[\w]+\.)*\w*(?:Error|Exception)): (.+)$")
+
+
+class PipelineRunError(TaxiMlopsError):
+    """The local pipeline run failed; the message carries the failing step's own error."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    color: str = "green"
+    train_month: str = "2021-01"
+    val_month: str = "2021-02"
+    data_dir: str | None = None
+    s3_uri: str | None = None
+    candidates: Sequence[Mapping[str, Any]] | None = None
+    min_improvement: float = 0.01
+
+
+@dataclass
+class _StepClock:
+    """Per-step timings from KFP's task start/finish log lines (parallel tasks share a step)."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+
+    def start(self, step: str, now: float) -> None:
+        if self.running.get(step, 0) == 0:
+            self.started[step] = now
+        self.running[step] = self.running.get(step, 0) + 1
+
+    def finish(self, step: str, now: float) -> float:
+        self.running[step] = max(0, self.running.get(step, 1) - 1)
+        # Wall-clock span of the step: for the parallel train tasks, first start to last finish.
+        elapsed = now - self.started.get(step, now)
+        self.seconds[step] = round(elapsed, 2)
+        return elapsed
+
+
+class _ProgressTee(io.TextIOBase):
+    """Writes KFP's output to a log file and turns task events into progress lines."""
+
+    def __init__(self, log: TextIO, progress: Callable[[str], None], terminal: TextIO) -> None:
+        self._log = log
+        self._progress = progress
+        self._terminal = terminal
+        # KFP prints each parallel task's output from its own thread, sometimes a
+        # line in two writes: buffer per thread so lines never interleave.
+        self._pending: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._emitting = threading.local()
+        self.clock = _StepClock()
+        self.last_error: str | None = None
+        self.failed_step: str | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if getattr(self._emitting, "active", False):
+            # The progress callback itself printed (e.g. click.echo): that is for the terminal.
+            return self._terminal.write(text)
+        thread = threading.get_ident()
+        with self._lock:
+            pending = self._pending.get(thread, "") + text
+            *lines, self._pending[thread] = pending.split("\n")
+            for line in lines:
+                self._log.write(line + "\n")
+                self._on_line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+
+    def _on_line(self, line: str) -> None:
+        now = time.perf_counter()
+        if match := _TASK_START.search(line):
+            self.clock.start(_step_name(match.group(1)), now)
+        elif match := _TASK_END.search(line):
+            step = _step_name(match.group(1))
+            elapsed = self.clock.finish(step, now)
+            status = match.group(2)
+            mark = "ok" if status == "SUCCESS" else status.lower()
+            if status != "SUCCESS" and self.failed_step is None:
+                self.failed_step = step
+            self._emit(f"  [{mark:>7}] {step:<13} {elapsed:7.1f}s")
+        elif match := _STEP_NOTE.search(line):
+            self._emit(f"            {match.group(1)}")
+        elif (match := _ERROR_LINE.match(line)) and "RuntimeError" not in match.group(1):
+            self.last_error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+
+    def _emit(self, line: str) -> None:
+        self._emitting.active = True
+        try:
+            self._progress(line)
+        finally:
+            self._emitting.active = False
+
+
+def _step_name(task: str) -> str:
+    return STEP_NAMES.get(task, task)
+
+
+def prepare_tracking(settings: Settings) -> None:
+    """Create the state folders and the experiment before any task runs.
+
+    Creating the sqlite schema once, here, keeps the parallel training tasks
+    from racing to migrate an empty database.
+    """
+    for folder in (settings.state_dir, settings.pipeline_root, settings.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    ensure_experiment(settings.tracking_uri, settings.experiment, settings.artifact_location)
+
+
+def pipeline_arguments(settings: Settings, request: RunRequest, run_name: str) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "color": request.color,
+        "train_month": request.train_month,
+        "val_month": request.val_month,
+        "min_improvement": request.min_improvement,
+        "tracking_uri": settings.tracking_uri,
+        "experiment": settings.experiment,
+        "model_name": settings.model_name,
+        "run_name": run_name,
+        "data_dir": str(Path(request.data_dir).resolve()) if request.data_dir else "",
+        "s3_uri": request.s3_uri or "",
+        "cache_dir": str(settings.cache_dir),
+        "tlc_base_url": settings.tlc_base_url,
+    }
+    if request.candidates is not None:
+        arguments["candidates"] = [dict(candidate) for candidate in request.candidates]
+    return arguments
+
+
+def run_pipeline_locally(
+    settings: Settings,
+    request: RunRequest,
+    progress: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the pipeline end to end; returns the summary (see ``build_summary``).
+
+    Raises ``PipelineRunError`` naming the failed step and its error; the full
+    KFP log stays in ``settings.log_dir``.
+    """
+    from kfp import local
+
+    from pipelines.training_pipeline import training_pipeline
+
+    prepare_tracking(settings)
+    run_name = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    log_path = settings.log_dir / f"{run_name}.log"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(settings.pipeline_root),
+        raise_on_error=True,
+    )
+    progress(f"pipeline run {run_name} (log: {log_path})")
+    with (
+        open(log_path, "w", encoding="utf-8") as log_file,
+        _captured_output(log_file, progress, verbose) as tee,
+    ):
+        try:
+            training_pipeline(**pipeline_arguments(settings, request, run_name))
+        except RuntimeError as exc:
+            step = tee.failed_step or "pipeline"
+            detail = tee.last_error or _ANSI.sub("", str(exc))
+            raise PipelineRunError(f"step {step} failed: {detail} (full log: {log_path})") from None
+    return build_summary(settings, run_name, tee.clock.seconds, log_path)
+
+
+@contextlib.contextmanager
+def _captured_output(
+    log_file: TextIO, progress: Callable[[str], None], verbose: bool
+) -> Iterator[_ProgressTee]:
+    import sys
+
+    terminal = sys.stdout
+    tee = _ProgressTee(log_file, progress, terminal)
+    sink: TextIO = _Both(tee, terminal) if verbose else tee  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        # kfp warns that our image name is "not a Python image": here it is this very interpreter.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield tee
+
+
+class _Both(io.TextIOBase):
+    def __init__(self, first: TextIO, second: TextIO) -> None:
+        self._streams = (first, second)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+
+def build_summary(
+    settings: Settings, run_name: str, step_seconds: Mapping[str, float], log_path: Path
+) -> dict[str, Any]:
+    """The run summary, read back from the MLflow parent run the pipeline wrote it to."""
+    run_id = find_pipeline_run(settings.tracking_uri, settings.experiment, PIPELINE_RUN_TAG, run_name)
+    if run_id is None:
+        raise PipelineRunError(f"pipeline finished but MLflow has no run tagged {run_name!r}")
+    client = client_for(settings.tracking_uri)
+    local_file = client.download_artifacts(run_id, SUMMARY_ARTIFACT)
+    recorded = json.loads(Path(local_file).read_text(encoding="utf-8"))
+    gate = recorded["gate"]
+    registration = recorded["registration"]
+    return {
+        "candidates": [
+            {
+                "name": row["name"],
+                "rmse": row["rmse"],
+                "mae": row["mae"],
+                "train_seconds": row["train_seconds"],
+            }
+            for row in recorded["candidates"]
+        ],
+        "winner": recorded["winner"],
+        "gate": {
+            "passed": gate["passed"],
+            "champion_rmse": gate["champion_rmse"],
+            "challenger_rmse": gate["challenger_rmse"],
+            "champion_version": gate["champion_version"],
+            "reason": gate["reason"],
+        },
+        "model_name": registration["model_name"],
+        "model_version": registration["model_version"],
+        "alias": registration["alias"],
+        "step_seconds": dict(step_seconds),
+        "mlflow_run_id": run_id,
+        "run_name": run_name,
+        "log_file": str(log_path),
+    }

@@ -1,0 +1,55 @@
+"""One typed settings object, read from the environment in one place (the CLI).
+
+Steps never read the environment; the CLI turns these settings into pipeline
+parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.training_pipeline import TLC_BASE_URL
+
+DEFAULT_STATE_DIR = ".taxi-mlops"
+DEFAULT_EXPERIMENT = "taxi-trip-duration"
+DEFAULT_MODEL_NAME = "taxi-trip-duration"
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path  # everything a local run writes: MLflow db + artifacts, KFP outputs, logs
+    tracking_uri: str
+    experiment: str
+    model_name: str
+    cache_dir: Path  # downloaded TLC files, shared by every checkout of the project
+    tlc_base_url: str
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.state_dir / "mlartifacts").as_uri()
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.state_dir / "kfp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
+        """Settings from ``TAXI_MLOPS_*`` / ``MLFLOW_TRACKING_URI`` variables, with local defaults."""
+        env = os.environ if env is None else env
+        state = Path(state_dir or env.get("TAXI_MLOPS_STATE_DIR") or DEFAULT_STATE_DIR).expanduser().resolve()
+        cache_home = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cls(
+            state_dir=state,
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}",
+            experiment=env.get("TAXI_MLOPS_EXPERIMENT") or DEFAULT_EXPERIMENT,
+            model_name=env.get("TAXI_MLOPS_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            cache_dir=Path(env.get("TAXI_MLOPS_CACHE_DIR") or cache_home / "taxi-mlops" / "tlc").expanduser(),
+            tlc_base_url=env.get("TAXI_MLOPS_TLC_BASE_URL") or TLC_BASE_URL,
+        )
