@@ -7,6 +7,8 @@ must never execute code. Each codec uses a format that is data only:
   list of trusted types (the estimator's own class); anything else in the file
   is refused.
 * ``xgboost-ubj``: XGBoost's own Universal Binary JSON model format.
+* ``category-encoded-xgboost``: an ``.npz`` of plain arrays (loaded with
+  ``allow_pickle=False``) holding the encodings and the booster's UBJ bytes.
 """
 
 from __future__ import annotations
@@ -64,11 +66,29 @@ def _xgboost_load(payload: bytes, estimator_type: str) -> Any:
     return estimator
 
 
+def _category_encoded_dump(estimator: Any) -> bytes:
+    from components.category_encoding import dump_category_encoded_booster
+
+    return dump_category_encoded_booster(estimator)
+
+
+def _category_encoded_load(payload: bytes, estimator_type: str) -> Any:
+    from components.category_encoding import CategoryEncodedBooster, load_category_encoded_booster
+
+    expected = f"{CategoryEncodedBooster.__module__}.{CategoryEncodedBooster.__qualname__}"
+    if estimator_type != expected:
+        raise ModelIntegrityError(f"category-encoded-xgboost codec cannot restore a {estimator_type}")
+    return load_category_encoded_booster(payload)
+
+
 CODECS: dict[str, EstimatorCodec] = {
     codec.name: codec
     for codec in (
         EstimatorCodec("skops", "estimator.skops", _skops_dump, _skops_load),
         EstimatorCodec("xgboost-ubj", "estimator.ubj", _xgboost_dump, _xgboost_load),
+        EstimatorCodec(
+            "category-encoded-xgboost", "estimator.npz", _category_encoded_dump, _category_encoded_load
+        ),
     )
 }
 

@@ -7,6 +7,8 @@ half-registered model that a deployment could pick up.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.duration_model import file_sha256, load_duration_model
+from components.duration_model import MODEL_FILE_NAME, file_sha256, load_duration_model
 from components.features import FEATURE_FIELDS
 from components.registry import CHALLENGER, CHAMPION, PYFUNC_ARTIFACT_KEY, SHA256_TAG
 from components.tracking import client_for
@@ -80,11 +82,17 @@ def register_winner(
     alias = CHAMPION if gate.get("champion_rmse") is None else CHALLENGER
 
     client = client_for(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with (
+        tempfile.TemporaryDirectory(prefix="taxi-mlops-register-") as staging,
+        mlflow.start_run(run_id=run_id),
+    ):
+        # KFP names the artifact file after the output ("winner"); the registry gets the canonical name.
+        staged_file = Path(staging) / MODEL_FILE_NAME
+        shutil.copyfile(model_file, staged_file)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE_PATH),
-            artifacts={PYFUNC_ARTIFACT_KEY: str(model_file)},
+            artifacts={PYFUNC_ARTIFACT_KEY: str(staged_file)},
             model_config={"sha256": sha256},
             # The model loads anywhere with these packages: the project's code travels with it.
             code_paths=[str(PACKAGE_DIR)],

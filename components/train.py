@@ -39,7 +39,7 @@ def fit_candidate(
     """Fit candidate ``name`` and measure RMSE/MAE (minutes) on the validation month."""
     spec = candidate_spec(name)
     params = resolve_params(name, overrides)
-    estimator = build_estimator(name, overrides)
+    estimator = build_estimator(name, overrides, feature_names=vectorizer.get_feature_names_out())
     started = time.perf_counter()
     estimator.fit(train.X, train.y)
     train_seconds = time.perf_counter() - started

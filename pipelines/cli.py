@@ -154,11 +154,11 @@ def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, A
 
 def render_summary(summary: dict[str, Any]) -> str:
     """The final table: candidates by RMSE, the gate's verdict, what was registered."""
-    lines = ["", f"{'candidate':<20}{'RMSE':>9}{'MAE':>9}{'train s':>10}"]
+    lines = ["", f"{'candidate':<24}{'RMSE':>9}{'MAE':>9}{'train s':>10}"]
     for row in summary["candidates"]:
         marker = "  <- winner" if row["name"] == summary["winner"] else ""
         lines.append(
-            f"{row['name']:<20}{row['rmse']:>9.4f}{row['mae']:>9.4f}{row['train_seconds']:>10.1f}{marker}"
+            f"{row['name']:<24}{row['rmse']:>9.4f}{row['mae']:>9.4f}{row['train_seconds']:>10.1f}{marker}"
         )
     gate = summary["gate"]
     lines.append("")

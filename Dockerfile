@@ -1,0 +1,31 @@
+# The project's own image: every KFP component runs in it (base_image in
+# components/kfp_components.py), so pods start without pip installs.
+#   docker build -t docker.io/taxi-mlops/pipeline:0.1.0 .
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# libgomp: OpenMP runtime that xgboost's wheels need.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/taxi-mlops
+# Dependencies first, so code changes rebuild only the last layer.
+COPY pyproject.toml README.md ./
+RUN mkdir -p components pipelines serving \
+    && touch components/__init__.py pipelines/__init__.py serving/__init__.py \
+    && pip install . \
+    && pip uninstall -y taxi-mlops
+COPY components ./components
+COPY pipelines ./pipelines
+COPY serving ./serving
+RUN pip install --no-deps .
+
+# KFP runs components as an arbitrary user; give it a writable home and cache.
+RUN useradd --create-home --uid 1000 pipeline
+USER 1000
+ENV HOME=/home/pipeline XDG_CACHE_HOME=/tmp/cache

@@ -1,0 +1,51 @@
+# Every target installs what it needs into .venv first, so on a fresh machine
+#   make run DATA_DIR=../shared/data/tlc      (or plain `make run` to download from the TLC site)
+#   make test
+# are the whole set-up.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?=
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+IMAGE ?= docker.io/taxi-mlops/pipeline:0.1.0
+
+.PHONY: install run test lint format compile bench image clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install the project with its test tools
+
+run: install ## train -> evaluate -> register locally (DATA_DIR=folder of TLC parquet files, else download)
+	$(BIN)/taxi-mlops run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(RUN_ARGS)
+
+test: install ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: install ## compile the training pipeline to training_pipeline.yaml
+	$(BIN)/taxi-mlops compile -o training_pipeline.yaml
+
+bench: install ## vectorize+train benchmark against the course's reference implementation
+	$(BIN)/python bench/bench_vectorize_train.py $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+image: ## build the pipeline image (needs Docker)
+	docker build -t $(IMAGE) .
+
+clean: ## remove local run state (MLflow db, artifacts, KFP outputs)
+	rm -rf .taxi-mlops training_pipeline.yaml

@@ -1,0 +1,129 @@
+"""The compiled pipeline IR: what a KFP backend will actually run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from components.candidates import CANDIDATES
+from components.kfp_components import PIPELINE_IMAGE
+from pipelines.cli import main
+from pipelines.training_pipeline import PIPELINE_NAME
+
+
+@pytest.fixture(scope="module")
+def pipeline_ir(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    output = tmp_path_factory.mktemp("ir") / "training_pipeline.yaml"
+    result = CliRunner().invoke(main, ["compile", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(output.read_text())
+
+
+def _dag_tasks(ir: dict, component: str) -> dict:
+    return ir["components"][component]["dag"]["tasks"]
+
+
+def test_pipeline_parameters_and_defaults(pipeline_ir):
+    assert pipeline_ir["pipelineInfo"]["name"] == PIPELINE_NAME
+    params = pipeline_ir["root"]["inputDefinitions"]["parameters"]
+    expected = {
+        "color": "STRING",
+        "train_month": "STRING",
+        "val_month": "STRING",
+        "candidates": "LIST",
+        "min_improvement": "NUMBER_DOUBLE",
+        "tracking_uri": "STRING",
+        "experiment": "STRING",
+        "model_name": "STRING",
+        "data_dir": "STRING",
+        "s3_uri": "STRING",
+        "cache_dir": "STRING",
+        "tlc_base_url": "STRING",
+        "run_name": "STRING",
+    }
+    assert {name: spec["parameterType"] for name, spec in params.items()} == expected
+    assert params["color"]["defaultValue"] == "green"
+    assert params["min_improvement"]["defaultValue"] == pytest.approx(0.01)
+    default_candidates = params["candidates"]["defaultValue"]
+    assert [item["name"] for item in default_candidates] == list(CANDIDATES)
+    assert {"linear_regression", "lasso", "ridge", "xgboost"} <= set(CANDIDATES)
+
+
+def test_task_graph(pipeline_ir):
+    root_tasks = pipeline_ir["root"]["dag"]["tasks"]
+    assert set(root_tasks) == {"exit-handler-1", "close-tracking-run"}
+    # The exit handler closes the MLflow run whatever happens inside.
+    assert root_tasks["close-tracking-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    body = _dag_tasks(pipeline_ir, "comp-exit-handler-1")
+    assert set(body) == {
+        "open-tracking-run",
+        "ingest",
+        "ingest-2",
+        "vectorize",
+        "for-loop-2",
+        "evaluate",
+        "register",
+    }
+    assert set(body["vectorize"]["dependentTasks"]) == {"ingest", "ingest-2"}
+    assert set(body["evaluate"]["dependentTasks"]) >= {"for-loop-2", "ingest-2", "open-tracking-run"}
+    assert set(body["register"]["dependentTasks"]) >= {"evaluate"}
+
+
+def test_candidates_fan_out_with_parallel_for_and_are_collected(pipeline_ir):
+    loop = _dag_tasks(pipeline_ir, "comp-exit-handler-1")["for-loop-2"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--candidates"
+    loop_tasks = _dag_tasks(pipeline_ir, "comp-for-loop-2")
+    assert set(loop_tasks) == {"train"}
+    # dsl.Collected: the loop's model outputs reach evaluate as one list artifact.
+    loop_outputs = pipeline_ir["components"]["comp-for-loop-2"]["outputDefinitions"]["artifacts"]
+    assert loop_outputs["pipelinechannel--train-model"]["isArtifactList"] is True
+    models_input = _dag_tasks(pipeline_ir, "comp-exit-handler-1")["evaluate"]["inputs"]["artifacts"]["models"]
+    assert models_input["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    evaluate_inputs = pipeline_ir["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]
+    assert evaluate_inputs["models"]["isArtifactList"] is True
+
+
+def test_every_step_runs_in_the_project_image_without_pip(pipeline_ir):
+    executors = pipeline_ir["deploymentSpec"]["executors"]
+    assert set(executors) == {
+        "exec-open-tracking-run",
+        "exec-close-tracking-run",
+        "exec-ingest",
+        "exec-ingest-2",
+        "exec-vectorize",
+        "exec-train",
+        "exec-evaluate",
+        "exec-register",
+    }
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == PIPELINE_IMAGE, name
+        script = "\n".join(container["command"] + container.get("args", []))
+        assert "pip install" not in script, f"{name} would pip install at start-up"
+        assert "from components.steps import" in script, name
+
+
+def test_outputs_for_the_kfp_ui(pipeline_ir):
+    evaluate_outputs = pipeline_ir["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert evaluate_outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert evaluate_outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert evaluate_outputs["winner"]["artifactType"]["schemaTitle"] == "system.Model"
+
+
+def test_mlflow_tasks_are_never_cached(pipeline_ir):
+    body = _dag_tasks(pipeline_ir, "comp-exit-handler-1")
+    for task in ("open-tracking-run", "evaluate", "register"):
+        assert body[task].get("cachingOptions", {}).get("enableCache") is not True, task
+    loop_tasks = _dag_tasks(pipeline_ir, "comp-for-loop-2")
+    assert loop_tasks["train"].get("cachingOptions", {}).get("enableCache") is not True
+
+
+def test_python_module_compiles_too(tmp_path: Path, monkeypatch):
+    from pipelines.training_pipeline import compile_pipeline
+
+    target = tmp_path / "p.yaml"
+    compile_pipeline(str(target))
+    assert yaml.safe_load(target.read_text())["pipelineInfo"]["name"] == PIPELINE_NAME
