@@ -150,15 +150,27 @@ def resolve_params(name: str, overrides: Mapping[str, Any] | None = None) -> dic
     params = dict(spec.defaults)
     if not overrides:
         return params
-    accepted = _accepted_params(spec)
-    unknown = sorted(set(overrides) - accepted | ({"feature_names"} & set(overrides)))
+    reference = _reference_params(spec)
+    unknown = sorted(set(overrides) - set(reference) | ({"feature_names"} & set(overrides)))
     if unknown:
         raise CandidateConfigError(
             f"candidate {name!r} has no hyperparameter(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(sorted(accepted))}"
+            f"accepted: {', '.join(sorted(set(reference) - {'feature_names'}))}"
         )
-    params.update(overrides)
+    params.update({key: _like(reference[key], value) for key, value in overrides.items()})
     return params
+
+
+def _like(reference: Any, value: Any) -> Any:
+    """``value`` as an int where the parameter is an int and the value is integral.
+
+    KFP carries pipeline parameters as protobuf Structs, where every number is a
+    double: ``n_estimators=60`` arrives as ``60.0`` and xgboost would reject it.
+    """
+    is_int = isinstance(reference, int) and not isinstance(reference, bool)
+    if is_int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def build_estimator(
@@ -174,9 +186,9 @@ def build_estimator(
     return spec.build(**resolved)
 
 
-def _accepted_params(spec: CandidateSpec) -> set[str]:
-    estimator = spec.build(**spec.defaults)
+def _reference_params(spec: CandidateSpec) -> dict[str, Any]:
+    """Every hyperparameter the estimator accepts, with its default (ours first, then the library's)."""
+    estimator = spec.build(**{**spec.defaults, **({"feature_names": []} if spec.needs_feature_names else {})})
     get_params = getattr(estimator, "get_params", None)
-    if get_params is None:
-        return set(spec.defaults)
-    return set(get_params(deep=False)) | set(spec.defaults)
+    library = get_params(deep=False) if get_params is not None else {}
+    return {**library, **spec.defaults}

@@ -225,6 +225,8 @@ def _captured_output(
     with warnings.catch_warnings():
         # kfp warns that our image name is "not a Python image": here it is this very interpreter.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # Display names are for the KFP UI; the local runner says it ignores them, on every task.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             yield tee
 
