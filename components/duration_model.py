@@ -87,14 +87,6 @@ class TripDurationModel:
         return hashlib.sha256(payload).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_duration_model(path: str | Path, expected_sha256: str | None) -> TripDurationModel:
     """Load a model file after checking its sha256 against the recorded one.
 

@@ -14,7 +14,6 @@ fails, so the counts add up to ``rows_read - rows_kept``:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.checksums import file_sha256
 from components.errors import IngestError
 from components.tlc_schema import (
     CLEAN_COLUMNS,
@@ -165,15 +165,6 @@ def clean_trips(
     clean = trips.loc[:, list(CLEAN_COLUMNS)].reset_index(drop=True)
     clean[DURATION] = clean[DURATION].astype("float64")
     return clean, dropped
-
-
-def file_sha256(path: Path) -> str:
-    """Hex digest of the file as read, so a report pins the exact bytes trained on."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_clean_trips(df: pd.DataFrame, path: Path | str) -> Path:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from components.duration_model import MODEL_FILE_NAME, file_sha256, load_duration_model
+from components.checksums import file_sha256
+from components.duration_model import MODEL_FILE_NAME, load_duration_model
 from components.features import FEATURE_FIELDS
 from components.registry import CHALLENGER, CHAMPION, PYFUNC_ARTIFACT_KEY, SHA256_TAG
 from components.tracking import client_for

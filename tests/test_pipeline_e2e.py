@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tlc_fixtures import write_tlc_dir
 
-from components.ingest import file_sha256
+from components.checksums import file_sha256
 from components.tracking import CANDIDATE_TAG
 from pipelines.local_run import PipelineRunError, RunRequest, run_pipeline_locally
 from pipelines.settings import Settings

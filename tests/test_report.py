@@ -171,7 +171,7 @@ def test_passed_gate_banner(passed_document: str) -> None:
     assert "6.401 min" in text and "6.650 min" in text
     assert "Champion version 7" in text
     assert "+0.249 min (+3.74 %)" in text
-    assert "Required improvement 0.01" in text
+    assert "Required improvement 1.0% lower RMSE" in text
 
 
 def test_failed_gate_renders_as_failed() -> None:
