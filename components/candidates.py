@@ -162,12 +162,14 @@ def resolve_params(name: str, overrides: Mapping[str, Any] | None = None) -> dic
 
 
 def _like(reference: Any, value: Any) -> Any:
-    """``value`` as an int where the parameter is an int and the value is integral.
+    """``value`` as an int where the parameter may be an int and the value is integral.
 
     KFP carries pipeline parameters as protobuf Structs, where every number is a
     double: ``n_estimators=60`` arrives as ``60.0`` and xgboost would reject it.
+    Parameters whose default is None (most of xgboost's) may be ints too; an
+    integral float passed where a float is meant works the same as an int.
     """
-    is_int = isinstance(reference, int) and not isinstance(reference, bool)
+    is_int = reference is None or (isinstance(reference, int) and not isinstance(reference, bool))
     if is_int and isinstance(value, float) and value.is_integer():
         return int(value)
     return value

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,8 @@ def load_duration_model(path: str | Path, expected_sha256: str | None) -> TripDu
             codec = codec_named(manifest["codec"])
             vectorizer = TripVectorizer.from_dict(json.loads(archive.read(_VECTORIZER)))
             estimator = codec.load(archive.read(codec.member_name), manifest["estimator_type"])
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+    # A damaged archive surfaces as any of these, depending on where the damage is.
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, NotImplementedError, zlib.error) as exc:
         raise ModelIntegrityError(f"{source}: not a trip duration model file ({exc})") from exc
     return TripDurationModel(
         candidate=manifest["candidate"],

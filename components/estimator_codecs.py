@@ -49,7 +49,14 @@ def _skops_load(payload: bytes, estimator_type: str) -> Any:
         raise ModelIntegrityError(
             f"model file holds types that are not trusted: {', '.join(sorted(untrusted))}"
         )
-    return sio.loads(payload, trusted=[estimator_type])
+    estimator = sio.loads(payload, trusted=[estimator_type])
+    # skops trusts scikit-learn's own estimators by default: make sure the file holds
+    # the estimator its manifest names, not some other one filed under that name.
+    if qualified_type_name(estimator) != estimator_type:
+        raise ModelIntegrityError(
+            f"model file holds a {qualified_type_name(estimator)}, but its manifest names {estimator_type}"
+        )
+    return estimator
 
 
 def _xgboost_dump(estimator: Any) -> bytes:

@@ -76,9 +76,11 @@ def fetch_model_file(
     return RegisteredModelFile(version.name, str(version.version), alias, expected, path)
 
 
-def champion_model(tracking_uri: str, model_name: str) -> RegisteredModelFile | None:
-    """The current champion's verified model file, or None when there is no champion yet."""
+def champion_model(
+    tracking_uri: str, model_name: str, dest_dir: Path | None = None
+) -> RegisteredModelFile | None:
+    """The current champion's model file (downloaded into ``dest_dir``), or None without a champion."""
     version = version_for_alias(tracking_uri, model_name, CHAMPION)
     if version is None:
         return None
-    return fetch_model_file(tracking_uri, version, CHAMPION)
+    return fetch_model_file(tracking_uri, version, CHAMPION, dest_dir)

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,13 @@ def evaluate_step(
 
     validation_trips = read_clean_trips(val_trips_path)
     models = [load_duration_model(path, expected_sha256=None) for path in model_paths]
-    champion_file = champion_model(tracking_uri, model_name)
+    with tempfile.TemporaryDirectory(prefix="taxi-mlops-champion-") as download_dir:
+        champion_file = champion_model(tracking_uri, model_name, Path(download_dir))
+        champion = champion_file.load() if champion_file else None
     evaluation, winner, predictions = evaluate_candidates(
         models,
         validation_trips,
-        champion_file.load() if champion_file else None,
+        champion,
         champion_file.version if champion_file else None,
         min_improvement,
     )

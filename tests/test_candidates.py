@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from xgboost.core import XGBoostError
 
 from components.candidates import (
     CANDIDATES,
@@ -190,13 +189,6 @@ def test_integral_floats_from_kfp_become_ints_where_the_default_is_an_int():
     build_estimator("xgboost", {"n_estimators": 5.0, "max_depth": 2.0, "n_jobs": 1.0}).fit(X, y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=XGBoostError,
-    reason="BUG: _like only converts integral floats when our/the library default is an int; "
-    "xgboost's int hyperparameters default to None, so max_leaves=8.0 from KFP reaches xgboost "
-    "as a float and is rejected; see the report for the fix",
-)
 @pytest.mark.parametrize("key", ["max_leaves", "max_bin"])
 def test_integral_floats_become_ints_for_xgboost_params_without_a_default(key: str):
     X, y = _tiny_regression()

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -271,12 +270,6 @@ def _corrupt_deflate_stream(path: Path, member: str, target: Path) -> Path:
     return target
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=zlib.error,
-    reason="BUG: load_duration_model lets zlib.error (and EOFError/NotImplementedError) escape "
-    "for a corrupt archive when no sha256 is given; see the report for the fix",
-)
 def test_corrupt_archive_without_recorded_sha256_is_a_model_integrity_error(saved, tmp_path):
     path, _ = saved["ridge"]
     corrupt = _corrupt_deflate_stream(path, "estimator.skops", tmp_path / "corrupt.zip")
@@ -311,12 +304,6 @@ def test_skops_payload_with_an_untrusted_type_is_refused_without_constructing_it
     assert _Untrusted.constructed == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: skops trusts every scikit-learn estimator by default, and _skops_load never "
-    "checks the restored type against the manifest's estimator_type; see the report for the fix",
-)
 @pytest.mark.parametrize(
     "payload_factory",
     [
