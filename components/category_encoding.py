@@ -84,9 +84,9 @@ class CategoryEncodedBooster(RegressorMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> CategoryEncodedBooster:
         from xgboost import XGBRegressor
 
+        layout = self._layout()
         matrix = self._check_matrix(X)
         target = np.asarray(y, dtype=np.float64)
-        layout = self._layout()
         levels = _row_levels(matrix, layout)
         numeric = _numeric_block(matrix, layout)
         self.prior_ = float(target.mean())
@@ -109,8 +109,8 @@ class CategoryEncodedBooster(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X: Any) -> np.ndarray:
-        matrix = self._check_matrix(X)
         layout = self._layout()
+        matrix = self._check_matrix(X)
         encoded = self._encode(_row_levels(matrix, layout), _numeric_block(matrix, layout), self.stats_)
         return np.asarray(self.booster_.predict(encoded), dtype=np.float64)
 

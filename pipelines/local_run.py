@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import re
 import threading
 import time
@@ -153,6 +154,9 @@ def prepare_tracking(settings: Settings) -> None:
     """
     for folder in (settings.state_dir, settings.pipeline_root, settings.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    # MLflow announces its sqlite schema migrations at INFO; that is not news to a user.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     ensure_experiment(settings.tracking_uri, settings.experiment, settings.artifact_location)
 
 
