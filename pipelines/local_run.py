@@ -95,13 +95,17 @@ class _ProgressTee(io.TextIOBase):
         self._lock = threading.Lock()
         self._emitting = threading.local()
         self.clock = _StepClock()
-        self.last_error: str | None = None
+        self.error_lines: list[str] = []
+        self._detached = False
         self.failed_step: str | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
+        if self._detached:
+            # A logging handler KFP created during this run may outlive it; its log file is closed.
+            return len(text)
         if getattr(self._emitting, "active", False):
             # The progress callback itself printed (e.g. click.echo): that is for the terminal.
             return self._terminal.write(text)
@@ -115,7 +119,22 @@ class _ProgressTee(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        self._log.flush()
+        if not self._detached:
+            self._log.flush()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._detached = True
+
+    @property
+    def step_error(self) -> str | None:
+        """The failing step's own error: ours (components.*) first, else the last one seen."""
+        ours = [error for error in self.error_lines if error.startswith("components.")]
+        chosen = ours[0] if ours else (self.error_lines[-1] if self.error_lines else None)
+        if chosen is None:
+            return None
+        name, _, message = chosen.partition(": ")
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
 
     def _on_line(self, line: str) -> None:
         now = time.perf_counter()
@@ -132,7 +151,7 @@ class _ProgressTee(io.TextIOBase):
         elif match := _STEP_NOTE.search(line):
             self._emit(f"            {match.group(1)}")
         elif (match := _ERROR_LINE.match(line)) and "RuntimeError" not in match.group(1):
-            self.last_error = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+            self.error_lines.append(f"{match.group(1)}: {match.group(2)}")
 
     def _emit(self, line: str) -> None:
         self._emitting.active = True
@@ -212,7 +231,7 @@ def run_pipeline_locally(
             training_pipeline(**pipeline_arguments(settings, request, run_name))
         except RuntimeError as exc:
             step = tee.failed_step or "pipeline"
-            detail = tee.last_error or _ANSI.sub("", str(exc))
+            detail = tee.step_error or _ANSI.sub("", str(exc))
             raise PipelineRunError(f"step {step} failed: {detail} (full log: {log_path})") from None
     return build_summary(settings, run_name, tee.clock.seconds, log_path)
 
@@ -225,14 +244,44 @@ def _captured_output(
 
     terminal = sys.stdout
     tee = _ProgressTee(log_file, progress, terminal)
-    sink: TextIO = _Both(tee, terminal) if verbose else tee  # type: ignore[assignment]
+    _OUTPUT_ROUTER.target = _Both(tee, terminal) if verbose else tee  # type: ignore[assignment]
     with warnings.catch_warnings():
         # kfp warns that our image name is "not a Python image": here it is this very interpreter.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         # Display names are for the KFP UI; the local runner says it ignores them, on every task.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield tee
+        with contextlib.redirect_stdout(_OUTPUT_ROUTER), contextlib.redirect_stderr(_OUTPUT_ROUTER):
+            try:
+                yield tee
+            finally:
+                tee.detach()
+                _OUTPUT_ROUTER.target = None
+
+
+class _Router(io.TextIOBase):
+    """The one stream KFP ever sees as stdout/stderr, forwarding to the current run's tee.
+
+    KFP's local logger keeps the stream it found at its first run; in a process
+    that runs the pipeline more than once (tests, notebooks) that must still
+    reach the current run's log, not a closed one.
+    """
+
+    def __init__(self) -> None:
+        self.target: TextIO | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        target = self.target
+        return target.write(text) if target is not None else len(text)
+
+    def flush(self) -> None:
+        if self.target is not None:
+            self.target.flush()
+
+
+_OUTPUT_ROUTER = _Router()
 
 
 class _Both(io.TextIOBase):
