@@ -1,0 +1,354 @@
+"""The desired deployment, like an InferenceService spec: which revision is champion, which is canary.
+
+On a cluster, KServe keeps this in the InferenceService: the champion (last
+promoted) revision, the latest (canary) revision and ``canaryTrafficPercent``.
+Locally the same facts live in one small JSON file. ``taxi-mlops deploy``,
+``promote`` and ``rollback`` change it (possibly from another terminal) and the
+local stack's supervisor reconciles the running predictors towards it, so
+nothing here starts or stops a process.
+
+Transitions are pure functions of the old state: they return a new state (or
+the very same one when nothing changes, so repeating a command is harmless) and
+a sentence saying what changed. ``generation`` grows by one with every real
+change, which is how the supervisor notices there is something to do.
+
+The file is replaced atomically (temp file + ``os.replace``) and every
+read-change-write cycle holds an ``fcntl`` lock on a sidecar ``.lock`` file,
+so two commands running at the same time cannot lose each other's change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from components.errors import TaxiMlopsError
+
+STATE_FORMAT = "taxi-mlops/deployment-state"
+STATE_FORMAT_VERSION = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DeploymentStateError(TaxiMlopsError):
+    """A transition is not allowed, or the state file is unusable."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One deployable model: a registered version, where its file is, and the checksum it must match."""
+
+    model_version: str
+    model_uri: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        # Checksums are compared as text, so one spelling: lowercase.
+        object.__setattr__(self, "sha256", str(self.sha256).strip().lower())
+        if not str(self.model_version).strip():
+            raise DeploymentStateError("a revision needs a model_version")
+        if not str(self.model_uri).strip():
+            raise DeploymentStateError(f"revision {self.model_version}: model_uri is empty")
+        if not _SHA256.match(str(self.sha256)):
+            raise DeploymentStateError(
+                f"revision {self.model_version}: sha256 must be 64 hex digits, got {self.sha256!r}"
+            )
+
+    def describe(self) -> str:
+        """``version 3`` - how sentences and logs name a revision."""
+        return f"version {self.model_version}"
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """Champion, optional canary and the canary's share of traffic (the champion gets the rest)."""
+
+    champion: Revision | None = None
+    canary: Revision | None = None
+    canary_percent: int = 0
+    generation: int = 0
+    updated_at: str = ""
+
+    def __post_init__(self) -> None:
+        _check_percent(self.canary_percent)
+        if self.canary is not None and self.champion is None:
+            raise DeploymentStateError("a canary needs a champion beside it")
+        if self.canary is None and self.canary_percent != 0:
+            raise DeploymentStateError(f"canary_percent is {self.canary_percent} but there is no canary")
+        if self.generation < 0:
+            raise DeploymentStateError(f"generation must be >= 0, got {self.generation}")
+
+    @property
+    def champion_percent(self) -> int:
+        """The champion's share: everything the canary does not get (0 when nothing is deployed)."""
+        return 0 if self.champion is None else 100 - self.canary_percent
+
+    def describe(self) -> str:
+        """One line for humans: ``champion version 1 (80%), canary version 2 (20%), generation 4``."""
+        if self.champion is None:
+            return f"nothing deployed (generation {self.generation})"
+        text = f"champion {self.champion.describe()} ({self.champion_percent}%)"
+        if self.canary is not None:
+            text += f", canary {self.canary.describe()} ({self.canary_percent}%)"
+        return f"{text}, generation {self.generation}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document written to the state file."""
+        return {
+            "format": STATE_FORMAT,
+            "format_version": STATE_FORMAT_VERSION,
+            "champion": asdict(self.champion) if self.champion else None,
+            "canary": asdict(self.canary) if self.canary else None,
+            "canary_percent": self.canary_percent,
+            "generation": self.generation,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DeploymentState:
+        """Inverse of ``to_dict``; raises ``DeploymentStateError`` (or KeyError/TypeError) on bad input."""
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise DeploymentStateError(f"not a deployment state document (format is not {STATE_FORMAT!r})")
+        if data.get("format_version") != STATE_FORMAT_VERSION:
+            raise DeploymentStateError(
+                f"format_version {data.get('format_version')!r} is not the supported {STATE_FORMAT_VERSION}"
+            )
+        percent = data["canary_percent"]
+        generation = data["generation"]
+        if type(percent) is not int or type(generation) is not int:
+            raise DeploymentStateError("canary_percent and generation must be integers")
+        return cls(
+            champion=_revision_from(data["champion"]),
+            canary=_revision_from(data["canary"]),
+            canary_percent=percent,
+            generation=generation,
+            updated_at=str(data.get("updated_at", "")),
+        )
+
+
+class Transition(NamedTuple):
+    """What a command did: the resulting state, a sentence for the user, and whether anything changed."""
+
+    state: DeploymentState
+    message: str
+    changed: bool
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def deploy(
+    state: DeploymentState, revision: Revision, canary_percent: int, *, now: datetime | None = None
+) -> Transition:
+    """Roll out ``revision``: the first deployment ever becomes champion at 100%, later ones a canary.
+
+    Deploying the champion's version again changes nothing. Deploying a new
+    version while another canary is live replaces that canary (as a new
+    latest revision does in KServe). Deploying the current canary again only
+    adjusts its percentage.
+    """
+    _check_percent(canary_percent)
+    champion, canary = state.champion, state.canary
+    if champion is None:
+        new = _changed(state, now, champion=revision, canary=None, canary_percent=0)
+        return Transition(
+            new, f"first deployment: {revision.describe()} is champion with 100% of traffic", True
+        )
+    if revision.model_version == champion.model_version:
+        _check_same_revision(champion, revision, "champion")
+        return Transition(state, f"{revision.describe()} is already champion; nothing changed", False)
+    if canary is not None and revision.model_version == canary.model_version:
+        _check_same_revision(canary, revision, "canary")
+        if canary_percent == state.canary_percent:
+            return Transition(
+                state, f"{revision.describe()} is already canary at {canary_percent}%; nothing changed", False
+            )
+        new = _changed(state, now, canary_percent=canary_percent)
+        return Transition(
+            new,
+            f"canary {revision.describe()}: {state.canary_percent}% -> {canary_percent}% of traffic",
+            True,
+        )
+    new = _changed(state, now, canary=revision, canary_percent=canary_percent)
+    replaced = f" (replacing canary {canary.describe()})" if canary is not None else ""
+    return Transition(
+        new,
+        f"{revision.describe()} is canary with {canary_percent}% of traffic{replaced}; "
+        f"champion {champion.describe()} keeps {100 - canary_percent}%",
+        True,
+    )
+
+
+def promote(state: DeploymentState, *, now: datetime | None = None) -> Transition:
+    """The canary becomes champion with 100% of traffic; without a canary nothing changes."""
+    champion = _require_champion(state, "promote")
+    if state.canary is None:
+        return Transition(
+            state, f"no canary to promote; champion {champion.describe()} keeps 100% of traffic", False
+        )
+    new = _changed(state, now, champion=state.canary, canary=None, canary_percent=0)
+    return Transition(
+        new,
+        f"promoted {state.canary.describe()} to champion with 100% of traffic "
+        f"(was {state.canary_percent}%); {champion.describe()} retired",
+        True,
+    )
+
+
+def rollback(state: DeploymentState, *, now: datetime | None = None) -> Transition:
+    """Remove the canary (0% of traffic); the champion stays. Without a canary nothing changes."""
+    champion = _require_champion(state, "roll back")
+    if state.canary is None:
+        return Transition(
+            state, f"no canary to roll back; champion {champion.describe()} keeps 100% of traffic", False
+        )
+    new = _changed(state, now, canary=None, canary_percent=0)
+    return Transition(
+        new,
+        f"rolled back canary {state.canary.describe()} (had {state.canary_percent}%); "
+        f"champion {champion.describe()} has 100% of traffic",
+        True,
+    )
+
+
+def set_percent(state: DeploymentState, canary_percent: int, *, now: datetime | None = None) -> Transition:
+    """Change the canary's share of traffic (0 keeps it running without traffic)."""
+    _check_percent(canary_percent)
+    _require_champion(state, "set the canary percentage")
+    if state.canary is None:
+        raise DeploymentStateError("there is no canary to send traffic to; deploy a new version first")
+    if canary_percent == state.canary_percent:
+        return Transition(
+            state, f"canary {state.canary.describe()} already has {canary_percent}%; nothing changed", False
+        )
+    new = _changed(state, now, canary_percent=canary_percent)
+    return Transition(
+        new,
+        f"canary {state.canary.describe()}: {state.canary_percent}% -> {canary_percent}% of traffic",
+        True,
+    )
+
+
+def _changed(state: DeploymentState, now: datetime | None, **fields: Any) -> DeploymentState:
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return replace(state, generation=state.generation + 1, updated_at=moment.isoformat(), **fields)
+
+
+def _check_percent(percent: Any) -> None:
+    if type(percent) is not int or not 0 <= percent <= 100:
+        raise DeploymentStateError(f"canary percent must be an integer from 0 to 100, got {percent!r}")
+
+
+def _require_champion(state: DeploymentState, action: str) -> Revision:
+    if state.champion is None:
+        raise DeploymentStateError(f"cannot {action}: nothing is deployed yet")
+    return state.champion
+
+
+def _check_same_revision(current: Revision, requested: Revision, role: str) -> None:
+    if current != requested:
+        raise DeploymentStateError(
+            f"{requested.describe()} is the {role} but with a different model file "
+            f"(sha256 {current.sha256[:12]}…, uri {current.model_uri}); "
+            f"refusing to redeploy a version under the same number"
+        )
+
+
+def _revision_from(data: Any) -> Revision | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise DeploymentStateError(f"a revision must be an object, got {type(data).__name__}")
+    return Revision(
+        model_version=str(data["model_version"]), model_uri=str(data["model_uri"]), sha256=str(data["sha256"])
+    )
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def load_state(path: str | os.PathLike[str]) -> DeploymentState:
+    """Read the state file; a missing file means nothing was ever deployed (generation 0)."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return DeploymentState()
+    except OSError as exc:
+        raise DeploymentStateError(f"{source}: cannot read deployment state ({exc.strerror})") from exc
+    try:
+        return DeploymentState.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise DeploymentStateError(f"{source}: deployment state is not valid JSON ({exc})") from exc
+    except DeploymentStateError as exc:
+        raise DeploymentStateError(f"{source}: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DeploymentStateError(f"{source}: deployment state is malformed ({exc!r})") from exc
+
+
+def save_state(path: str | os.PathLike[str], state: DeploymentState) -> None:
+    """Write the state file atomically, holding the state lock."""
+    with state_lock(path):
+        _write_unlocked(Path(path), state)
+
+
+def update_state(path: str | os.PathLike[str], change: Callable[[DeploymentState], Transition]) -> Transition:
+    """Load, apply ``change`` (e.g. ``lambda s: promote(s)``) and save - all under one lock.
+
+    This is what CLI commands use: a concurrent command waits for this one and
+    then sees its result, so no change is lost. Nothing is written when the
+    transition changed nothing.
+    """
+    target = Path(path)
+    with state_lock(target):
+        result = change(load_state(target))
+        if result.changed:
+            _write_unlocked(target, result.state)
+        return result
+
+
+@contextlib.contextmanager
+def state_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive inter-process lock for the state at ``path`` (a sidecar ``<name>.lock`` file).
+
+    The lock is on a sidecar because the state file itself is replaced by
+    ``os.replace``: a lock on the old inode would not exclude a writer that
+    opened the new one.
+    """
+    lock_path = _lock_path(Path(path))
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _write_unlocked(target: Path, state: DeploymentState) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(state.to_dict(), indent=2) + "\n"
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the state unreadable to other users
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
