@@ -1,0 +1,296 @@
+"""The traffic splitter with real upstream processes on 127.0.0.1: split, headers, errors, counters.
+
+The upstreams here are tiny stdlib HTTP servers speaking the KServe v1/v2
+shapes (``FAKE_PREDICTOR``), started as separate processes so the proxy's
+connection handling is exercised for real. ``test_local_stack.py`` reuses them
+and also runs the real predictor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import httpx
+import pytest
+
+from serving.deployment_state import Revision
+from serving.traffic_splitter import (
+    CANARY,
+    CHAMPION,
+    Route,
+    RoutingTable,
+    SplitterServer,
+    TrafficSplitter,
+)
+
+FAKE_PREDICTOR = r"""
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+port, version = int(args["--http_port"]), args.get("--model-version", "0")
+if "broken" in args.get("--model-uri", ""):
+    print(f"fake predictor: cannot serve {args['--model-uri']}: no model file", file=sys.stderr)
+    sys.exit(1)
+time.sleep(float(args.get("--startup-delay", "0")))
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real predictor
+    wbufsize = 1 << 16  # one write per response (headers + body): no Nagle/delayed-ACK stalls
+    disable_nagle_algorithm = True
+
+    def log_message(self, *_):
+        pass
+
+    def reply(self, status, document):
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-upstream-port", str(port))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path in ("/v2/health/ready", "/v2/models/duration/ready"):
+            self.reply(200, {"name": "duration", "ready": True})
+        else:
+            self.reply(404, {"error": f"Model with name {self.path} does not exist."})
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path == "/v1/models/boom:predict":
+            return self.reply(500, {"error": "boom"})
+        if self.path not in ("/v1/models/duration:predict", "/v2/models/duration/infer"):
+            return self.reply(404, {"error": f"no model at {self.path}"})
+        try:
+            trips = json.loads(raw)["instances"]
+        except (ValueError, KeyError, TypeError):
+            return self.reply(400, {"error": "expected {\"instances\": [...]}"})
+        self.reply(200, {"predictions": [1.0 * len(trips)], "model_version": version})
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fake_predictor_command(revision: Revision, port: int) -> list[str]:
+    """Same flags as ``python -m serving``, served by ``FAKE_PREDICTOR``."""
+    return [
+        sys.executable,
+        "-c",
+        FAKE_PREDICTOR,
+        "--http_port",
+        str(port),
+        "--model-version",
+        revision.model_version,
+        "--model-uri",
+        revision.model_uri,
+    ]
+
+
+def wait_ready(url: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+@contextlib.contextmanager
+def running(command: Sequence[str]) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(command, start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+
+
+def rev(version: str) -> Revision:
+    return Revision(model_version=version, model_uri=f"/models/{version}", sha256=f"{int(version):064x}")
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[dict[str, str]]:
+    """Two fake predictors: model version 1 (champion) and 2 (canary), as base URLs."""
+    urls = {version: f"http://127.0.0.1:{free_port()}" for version in ("1", "2")}
+    with contextlib.ExitStack() as stack:
+        for version, url in urls.items():
+            stack.enter_context(running(fake_predictor_command(rev(version), int(url.rsplit(":", 1)[1]))))
+        for url in urls.values():
+            wait_ready(url)
+        yield urls
+
+
+def table(upstreams: dict[str, str], canary_percent: int, generation: int = 1) -> RoutingTable:
+    """Champion version 1 and canary version 2 (also routed, maybe at 0%)."""
+    champion, canary = Route(CHAMPION, rev("1"), upstreams["1"]), Route(CANARY, rev("2"), upstreams["2"])
+    return RoutingTable(champion, canary, canary_percent, generation)
+
+
+@pytest.fixture
+def splitter_server() -> Iterator[SplitterServer]:
+    server = SplitterServer(TrafficSplitter(seed=7), port=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+PREDICT = "/v1/models/duration:predict"
+TRIP = {"instances": [{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.2}]}
+
+
+def test_split_follows_canary_percent_and_counts_match(upstreams, splitter_server):
+    splitter_server.splitter.apply_routes(table(upstreams, canary_percent=20))
+    n, p = 2000, 0.20
+    seen: Counter[tuple[str, str]] = Counter()
+    with httpx.Client(base_url=splitter_server.url, timeout=10) as client:
+        for _ in range(n):
+            response = client.post(PREDICT, json=TRIP)
+            assert response.status_code == 200
+            revision, version = response.headers["x-taxi-revision"], response.headers["x-model-version"]
+            assert response.json()["model_version"] == version  # the header tells the truth
+            seen[(revision, version)] += 1
+        status = client.get("/status").json()
+    assert set(seen) == {(CHAMPION, "1"), (CANARY, "2")}
+    bound = 3 * math.sqrt(n * p * (1 - p))  # ~54 requests
+    assert abs(seen[(CANARY, "2")] - n * p) <= bound, seen
+    counted = {(row["revision"], row["model_version"]): row["requests"] for row in status["revisions"]}
+    assert counted == dict(seen)
+    assert status["canary_percent"] == 20 and status["champion_percent"] == 80
+    assert status["champion"]["model_version"] == "1" and status["canary"]["model_version"] == "2"
+    for row in status["revisions"]:
+        assert row["errors"] == 0 and row["latency_ms"]["p50"] is not None
+
+
+def test_same_seed_same_sequence(upstreams):
+    def run() -> list[str]:
+        server = SplitterServer(TrafficSplitter(table(upstreams, 50), seed=123), port=0)
+        server.start()
+        try:
+            with httpx.Client(base_url=server.url) as client:
+                return [client.post(PREDICT, json=TRIP).headers["x-taxi-revision"] for _ in range(40)]
+        finally:
+            server.stop()
+
+    first = run()
+    assert first == run() and set(first) == {CHAMPION, CANARY}
+
+
+def test_upstream_4xx_passes_through_and_next_request_works(upstreams, splitter_server):
+    splitter_server.splitter.apply_routes(table(upstreams, canary_percent=0))
+    with httpx.Client(base_url=splitter_server.url) as client:
+        bad = client.post(PREDICT, content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400
+        assert bad.json() == {"error": 'expected {"instances": [...]}'}
+        assert bad.headers["x-taxi-revision"] == CHAMPION
+        missing = client.post("/v1/models/nope:predict", json=TRIP)
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        good = client.post(PREDICT, json=TRIP)
+        assert good.status_code == 200 and good.json()["predictions"] == [1.0]
+        boom = client.post("/v1/models/boom:predict", json=TRIP)
+        assert boom.status_code == 500
+        v2 = client.post("/v2/models/duration/infer", json=TRIP)
+        assert v2.status_code == 200 and v2.headers["x-model-version"] == "1"
+        status = client.get("/status").json()
+    (row,) = [row for row in status["revisions"] if row["revision"] == CHAMPION]
+    assert (row["requests"], row["client_errors"], row["errors"]) == (5, 2, 1)
+
+
+def test_unreachable_revision_is_named_in_a_502(upstreams, splitter_server):
+    dead = f"http://127.0.0.1:{free_port()}"
+    splitter_server.splitter.apply_routes(
+        RoutingTable(Route(CHAMPION, rev("1"), upstreams["1"]), Route(CANARY, rev("9"), dead), 100, 3)
+    )
+    with httpx.Client(base_url=splitter_server.url) as client:
+        response = client.post(PREDICT, json=TRIP)
+        assert response.status_code == 502
+        error = response.json()
+        assert error["revision"] == CANARY and error["model_version"] == "9"
+        assert "canary revision (model version 9)" in error["error"] and dead in error["error"]
+        assert response.headers["x-taxi-revision"] == CANARY
+        metrics = client.get("/metrics").text
+    assert 'taxi_splitter_errors_total{revision="canary",model_version="9"} 1' in metrics
+    assert "taxi_splitter_generation 3" in metrics
+
+
+def test_no_champion_means_503_and_unhealthy(splitter_server):
+    with httpx.Client(base_url=splitter_server.url) as client:
+        assert client.get("/healthz").status_code == 503
+        response = client.post(PREDICT, json=TRIP)
+        assert response.status_code == 503 and "no champion" in response.json()["error"]
+        assert client.get("/status").json()["unrouted_requests"] == 1
+        assert client.get("/elsewhere").status_code == 404
+
+
+def test_reload_switches_every_following_request(upstreams, splitter_server):
+    splitter = splitter_server.splitter
+    with httpx.Client(base_url=splitter_server.url) as client:
+        splitter.apply_routes(table(upstreams, canary_percent=100))
+        assert {client.post(PREDICT, json=TRIP).headers["x-model-version"] for _ in range(50)} == {"2"}
+        splitter.apply_routes(RoutingTable(Route(CHAMPION, rev("1"), upstreams["1"]), None, 0, 5))
+        assert {client.post(PREDICT, json=TRIP).headers["x-taxi-revision"] for _ in range(50)} == {CHAMPION}
+        assert client.get("/healthz").json() == {"status": "ok", "generation": 5}
+
+
+def test_routing_table_refuses_half_states(upstreams):
+    with pytest.raises(ValueError, match="needs a champion"):
+        RoutingTable(None, Route(CANARY, rev("2"), upstreams["2"]), 10)
+    with pytest.raises(ValueError, match="no canary"):
+        RoutingTable(Route(CHAMPION, rev("1"), upstreams["1"]), None, 10)
+
+
+def _p50_ms(client: httpx.Client, n: int) -> float:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        assert client.post(PREDICT, json=TRIP).status_code == 200
+        samples.append((time.perf_counter() - started) * 1000)
+    return sorted(samples)[n // 2]
+
+
+def test_splitter_adds_little_latency(upstreams, splitter_server):
+    """Loopback p50 through the splitter vs straight to the upstream: target < 2 ms added."""
+    splitter_server.splitter.apply_routes(table(upstreams, canary_percent=0))
+    with (
+        httpx.Client(base_url=upstreams["1"]) as direct,
+        httpx.Client(base_url=splitter_server.url) as proxied,
+    ):
+        _p50_ms(direct, 50), _p50_ms(proxied, 50)  # warm up both paths and the pools
+        direct_ms, proxied_ms = _p50_ms(direct, 400), _p50_ms(proxied, 400)
+    overhead = proxied_ms - direct_ms
+    print(f"\nsplitter overhead p50: {overhead:.3f} ms (direct {direct_ms:.3f}, proxied {proxied_ms:.3f})")
+    assert overhead < 2.0
+
+
+def test_status_json_is_plain_json(upstreams, splitter_server):
+    splitter_server.splitter.apply_routes(table(upstreams, canary_percent=0))
+    document = json.loads(httpx.get(splitter_server.url + "/status").text)
+    assert document["champion"]["url"] == upstreams["1"]
+    assert document["canary"]["in_flight"] == 0
