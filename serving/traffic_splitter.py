@@ -68,7 +68,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _DROP_FROM_REQUEST = _HOP_BY_HOP | {"host"}
-_DROP_FROM_RESPONSE = _HOP_BY_HOP
+# The splitter's own stamp is authoritative (a predictor may send x-model-version itself).
+_DROP_FROM_RESPONSE = _HOP_BY_HOP | {REVISION_HEADER, VERSION_HEADER}
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.send_header("x-upstream-port", str(port))
+        self.send_header("x-model-version", version)  # as the real predictor does
         self.end_headers()
         self.wfile.write(body)
 
