@@ -111,9 +111,12 @@ def _wait_ready(server: Server) -> None:
     pytest.fail(f"server not ready after {STARTUP_SECONDS}s:\n{server.stderr.read_text()}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
+def _stop(*processes: subprocess.Popen[bytes]) -> None:
+    """SIGTERM all first (KServe shuts down gracefully), then wait; SIGKILL what hangs."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
         process.terminate()
+    for process in running:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -148,8 +151,7 @@ def servers(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             _wait_ready(server)
         yield started
     finally:
-        for server in started.values():
-            _stop(server.process)
+        _stop(*(server.process for server in started.values()))
 
 
 @pytest.fixture(scope="module")
@@ -628,3 +630,31 @@ def test_ready_only_after_load(built: Built):
     assert predictor.ready is True
     answer = predictor.predict({"instances": built.records}, {}, {})
     np.testing.assert_array_equal(answer["predictions"], built.model.predict(built.records))
+
+
+def test_v2_numpy_backed_inputs_are_checked_too(built: Built):
+    # gRPC and the binary tensor extension hand the model numpy-decoded inputs, not JSON lists.
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from serving.trip_request import TripRequestError, parse_v2
+
+    def tensor(name: str, values: np.ndarray, datatype: str) -> InferInput:
+        infer_input = InferInput(name, [len(values)], datatype)
+        infer_input.set_data_from_numpy(values, binary_data=False)
+        return infer_input
+
+    records = built.records[:2]
+    ids = {k: np.array([r[k] for r in records], dtype=np.int32) for k in ("PULocationID", "DOLocationID")}
+    distance = np.array([r["trip_distance"] for r in records])
+    request = InferRequest(
+        "duration",
+        [
+            tensor("PULocationID", ids["PULocationID"], "INT32"),
+            tensor("DOLocationID", ids["DOLocationID"], "INT32"),
+            tensor("trip_distance", distance, "FP64"),
+        ],
+    )
+    np.testing.assert_array_equal(built.model.predict(parse_v2(request)), built.model.predict(records))
+    request.inputs[2].set_data_from_numpy(np.array([distance[0], np.inf]), binary_data=False)
+    with pytest.raises(TripRequestError, match=r"trip_distance \(row 1\): must be a finite number"):
+        parse_v2(request)
