@@ -48,6 +48,8 @@ from serving.deployment_state import DeploymentState, Revision, load_state
 from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitter
 
 DEFAULT_MODEL_NAME = "duration"
+#: Where the splitter reaches predictors, whatever address the splitter itself listens on.
+PREDICTOR_HOST = "127.0.0.1"
 
 PredictorCommand = Callable[[Revision, int], Sequence[str]]
 Progress = Callable[[str], None]
@@ -415,23 +417,30 @@ class LocalStack:
                 start_new_session=True,  # its own group: we stop it (and its workers) ourselves
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        predictor = PredictorProcess(revision, self.host, port, process, log_path)
+        predictor = PredictorProcess(revision, PREDICTOR_HOST, port, process, log_path)
         self._progress(f"starting predictor {predictor.name}; log {log_path}")
         return predictor
 
     def _free_port(self) -> int:
+        """A port from the pool (or an ephemeral one) that no predictor of ours holds and nobody listens on.
+
+        A predictor binds its port seconds after we choose it, so "free now" is
+        all we can know; the ``taken`` check keeps two starts of one reconcile apart.
+        """
         taken = {p.port for p in self._processes.values()}
-        candidates: Iterable[int] = self.predictor_ports if self.predictor_ports else (0,)
+        pool = self.predictor_ports
+        candidates: Iterable[int] = [p for p in pool if p not in taken] if pool else [0] * 20
         for port in candidates:
-            if port in taken:
-                continue
             with socket.socket() as probe:
                 try:
-                    probe.bind((self.host, port))
+                    # KServe listens on all interfaces, so the port must be free on all of them.
+                    probe.bind(("", port))
                 except OSError:
                     continue
-                return probe.getsockname()[1]
-        raise LocalStackError(f"no free predictor port among {list(self.predictor_ports or ())}")
+                chosen = probe.getsockname()[1]
+            if chosen not in taken:
+                return chosen
+        raise LocalStackError(f"no free predictor port among {list(pool or ())}")
 
     def _wait_ready(
         self, pending: list[PredictorProcess], wanted: list[Revision]
