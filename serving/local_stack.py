@@ -64,7 +64,7 @@ _PDEATHSIG_EXEC = (
     "ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))\n"  # 1 = PR_SET_PDEATHSIG
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(0)\n"  # the supervisor died before prctl: nobody needs us
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
 
 
@@ -242,13 +242,11 @@ class LocalStack:
         except (OSError, RuntimeError) as exc:
             raise LocalStackError(str(exc)) from exc
         self._stopping.clear()
+        self._file_signature = _UNSEEN  # whatever the file says, the first poll reconciles
         self._thread = threading.Thread(target=self._control_loop, name="local-stack-controller", daemon=True)
         self._thread.start()
         self._progress(f"traffic splitter listening on {self.url}; deployment state {self.state_path}")
-        if wait:
-            return self.reconcile()
-        self._file_signature = _UNSEEN  # the controller's first poll reconciles
-        return None
+        return self.reconcile() if wait else None
 
     def reconcile(self, timeout: float | None = None) -> ReconcileReport:
         """Reconcile now (on the controller thread, which owns the processes) and return the report."""

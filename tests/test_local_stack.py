@@ -161,6 +161,21 @@ def test_failed_revision_keeps_the_old_routing(stack: LocalStack, state_path: Pa
     assert hits(stack.url, 20) == {("canary", "4"): 20}
 
 
+def test_rollback_while_the_canary_is_still_starting(stack: LocalStack, state_path: Path):
+    """The controller does not sit out a slow start the state no longer wants."""
+    update_state(state_path, lambda s: deploy(s, rev("1"), 0))
+    stack.reconcile()
+    update_state(state_path, lambda s: deploy(s, Revision("2", "/models/slow", "2" * 64), 50))
+    wait_for(lambda: "2" in pids(stack), 5, "the slow canary to be starting")
+    slow_pid = pids(stack)["2"]
+    started = time.monotonic()
+    update_state(state_path, rollback)
+    wait_routed(stack.url, 3, timeout=10)
+    assert time.monotonic() - started < 5  # not the 10 s ready_timeout, let alone the 30 s load
+    wait_for(lambda: not pid_alive(slow_pid), 10, "the abandoned canary to stop")
+    assert hits(stack.url, 20) == {("champion", "1"): 20}
+
+
 def test_crashed_predictor_is_restarted(stack: LocalStack, state_path: Path):
     update_state(state_path, lambda s: deploy(s, rev("1"), 0))
     stack.reconcile()

@@ -42,7 +42,8 @@ port, version = int(args["--http_port"]), args.get("--model-version", "0")
 if "broken" in args.get("--model-uri", ""):
     print(f"fake predictor: cannot serve {args['--model-uri']}: no model file", file=sys.stderr)
     sys.exit(1)
-time.sleep(float(args.get("--startup-delay", "0")))
+if "slow" in args.get("--model-uri", ""):
+    time.sleep(30)  # a model that takes long to load
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real predictor
