@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+import yarl
 
 from serving.deployment_state import DeploymentState, Revision
 
@@ -344,7 +345,9 @@ class TrafficSplitter:
             await _send_json(send, 503, {"error": "no champion revision is ready; nothing is deployed yet"})
             return
         body = await _read_body(receive)
-        target = route.url + scope["raw_path"].decode("latin-1")
+        # The path exactly as the client sent it (encoded=True: no re-quoting on the way).
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        target = route.url + raw_path.decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         headers = [
@@ -362,7 +365,11 @@ class TrafficSplitter:
         started = time.perf_counter()
         try:
             async with session.request(
-                scope["method"], target, data=body or None, headers=headers, allow_redirects=False
+                scope["method"],
+                yarl.URL(target, encoded=True),
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,
             ) as upstream:
                 payload = await upstream.read()
                 status = upstream.status

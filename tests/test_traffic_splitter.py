@@ -212,8 +212,9 @@ def test_upstream_4xx_passes_through_and_next_request_works(upstreams, splitter_
         assert bad.status_code == 400
         assert bad.json() == {"error": 'expected {"instances": [...]}'}
         assert bad.headers["x-taxi-revision"] == CHAMPION
-        missing = client.post("/v1/models/nope:predict", json=TRIP)
-        assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        missing = client.post("/v1/models/n%6Fpe:predict?verbose=1", json=TRIP)
+        assert missing.status_code == 404  # path and query reach the upstream byte for byte:
+        assert missing.json() == {"error": "no model at /v1/models/n%6Fpe:predict?verbose=1"}
         good = client.post(PREDICT, json=TRIP)
         assert good.status_code == 200 and good.json()["predictions"] == [1.0]
         boom = client.post("/v1/models/boom:predict", json=TRIP)
