@@ -125,6 +125,131 @@ def compile_command(output: Path) -> None:
     click.echo(f"wrote {output}")
 
 
+def _rollout_target(settings: Settings) -> Any:
+    from serving.rollout import RolloutTarget
+
+    return RolloutTarget(
+        state_path=settings.deployment_state_path,
+        models_dir=settings.deployed_models_dir,
+        tracking_uri=settings.tracking_uri,
+        model_name=settings.model_name,
+    )
+
+
+def _state_dir_option(command: Any) -> Any:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Local state folder [env TAXI_MLOPS_STATE_DIR; default ./.taxi-mlops].",
+    )(command)
+
+
+def _run_rollout(action: Any) -> None:
+    """Run one deployment action; user errors become one red line and exit code 1."""
+    from serving.deployment_state import DeploymentStateError
+
+    try:
+        transition = action()
+    except (TaxiMlopsError, DeploymentStateError, ValueError) as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(transition.message)
+    click.echo(f"now: {transition.state.describe()}")
+
+
+@main.command()
+@click.option("--version", "model_version", required=True, help="Registered model version to deploy.")
+@click.option(
+    "--canary-percent",
+    type=click.IntRange(0, 100),
+    default=20,
+    show_default=True,
+    help="Share of traffic for the new version while it is a canary (the first deployment takes 100%).",
+)
+@_state_dir_option
+def deploy(model_version: str, canary_percent: int, state_dir: Path | None) -> None:
+    """Deploy a registered version locally: first ever -> champion at 100%, later -> canary."""
+    from serving.rollout import deploy_version
+
+    target = _rollout_target(Settings.from_env(state_dir=state_dir))
+    _run_rollout(lambda: deploy_version(target, model_version, canary_percent))
+
+
+@main.command()
+@_state_dir_option
+def promote(state_dir: Path | None) -> None:
+    """The canary becomes champion (all traffic; the MLflow alias champion moves to it)."""
+    from serving.rollout import promote_canary
+
+    _run_rollout(lambda: promote_canary(_rollout_target(Settings.from_env(state_dir=state_dir))))
+
+
+@main.command()
+@_state_dir_option
+def rollback(state_dir: Path | None) -> None:
+    """The canary gets no traffic; the champion and its alias stay."""
+    from serving.rollout import rollback_canary
+
+    _run_rollout(lambda: rollback_canary(_rollout_target(Settings.from_env(state_dir=state_dir))))
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="Where `serve` listens.")
+@_state_dir_option
+def status(url: str, state_dir: Path | None) -> None:
+    """Show the deployed revisions, their traffic share and, if `serve` runs, live per-revision figures."""
+    import urllib.error
+    import urllib.request
+
+    from serving.deployment_state import load_state
+
+    settings = Settings.from_env(state_dir=state_dir)
+    state = load_state(settings.deployment_state_path)
+    click.echo(f"desired: {state.describe()}")
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=2) as response:
+            live = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        click.echo(f"live: the local stack is not answering at {url} (start it with `taxi-mlops serve`)")
+        return
+    click.echo(f"live ({url}):")
+    for revision in live.get("revisions", []):
+        click.echo("  " + json.dumps(revision, sort_keys=True))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@_state_dir_option
+def serve(host: str, port: int, state_dir: Path | None) -> None:
+    """Run the local serving stack in the foreground: traffic splitter + one predictor per revision."""
+    from components.registry import version_for_alias
+    from serving.deployment_state import load_state
+    from serving.local_stack import run_local_stack
+    from serving.rollout import deploy_version
+
+    settings = Settings.from_env(state_dir=state_dir)
+    if load_state(settings.deployment_state_path).champion is None:
+        champion = version_for_alias(settings.tracking_uri, settings.model_name, "champion")
+        if champion is None:
+            click.secho("error: nothing to serve yet: run `taxi-mlops run` first", fg="red", err=True)
+            sys.exit(1)
+        click.echo(deploy_version(_rollout_target(settings), str(champion.version), 0).message)
+    base = f"http://{host}:{port}"
+    click.echo(
+        "try:\n"
+        f"  curl -s {base}/v1/models/duration:predict -H 'Content-Type: application/json' \\\n"
+        """    -d '{"instances": [{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}]}'"""
+    )
+    run_local_stack(
+        settings.deployment_state_path,
+        host=host,
+        port=port,
+        log_dir=settings.state_dir / "deployment" / "logs",
+        progress=click.echo,
+    )
+
+
 def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
     """``"ridge,xgboost"`` + ``("xgboost.n_estimators=300",)`` -> the pipeline's candidates parameter."""
     from components.candidates import candidate_spec, resolve_params

@@ -39,6 +39,15 @@ class Settings:
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def deployment_state_path(self) -> Path:
+        """The local deployment's desired state (champion, canary, percent); ``serve`` follows it."""
+        return self.state_dir / "deployment" / "state.json"
+
+    @property
+    def deployed_models_dir(self) -> Path:
+        return self.state_dir / "deployment" / "models"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
         """Settings from ``TAXI_MLOPS_*`` / ``MLFLOW_TRACKING_URI`` variables, with local defaults."""

@@ -1,0 +1,107 @@
+"""Move a registered model version through a deployment: deploy, promote, roll back.
+
+Each action changes two records together: the deployment state (which
+revision serves how much traffic; ``serving.deployment_state``) and the MLflow
+aliases (``champion`` serves production, ``challenger`` is the canary). The
+state file changes first, under its lock; the aliases then follow it, so the
+registry always names what is actually being served. Every action is
+idempotent: repeating it changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.checksums import file_sha256
+from components.duration_model import MODEL_FILE_NAME
+from components.registry import CHALLENGER, CHAMPION, fetch_model_file
+from components.tracking import client_for
+from serving.deployment_state import Revision, Transition, promote, rollback, update_state
+from serving.deployment_state import deploy as deploy_transition
+
+
+@dataclass(frozen=True)
+class RolloutTarget:
+    """Where a deployment lives locally and which registry it follows."""
+
+    state_path: Path  # the deployment state file the local stack reconciles
+    models_dir: Path  # verified copies of deployed model files, one folder per version
+    tracking_uri: str
+    model_name: str
+
+
+def deploy_version(target: RolloutTarget, version: str, canary_percent: int) -> Transition:
+    """Deploy registered ``version``: the first deployment becomes champion, later ones a canary."""
+    revision = _stage_revision(target, str(version))
+    transition = update_state(
+        target.state_path, lambda state: deploy_transition(state, revision, canary_percent)
+    )
+    state = transition.state
+    client = client_for(target.tracking_uri)
+    if state.champion is not None and state.champion.model_version == revision.model_version:
+        client.set_registered_model_alias(target.model_name, CHAMPION, revision.model_version)
+    elif state.canary is not None and state.canary.model_version == revision.model_version:
+        client.set_registered_model_alias(target.model_name, CHALLENGER, revision.model_version)
+    return transition
+
+
+def promote_canary(target: RolloutTarget) -> Transition:
+    """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared."""
+    transition = update_state(target.state_path, promote)
+    champion = transition.state.champion
+    if champion is not None:
+        client = client_for(target.tracking_uri)
+        client.set_registered_model_alias(target.model_name, CHAMPION, champion.model_version)
+        _clear_alias(target, CHALLENGER)
+    return transition
+
+
+def rollback_canary(target: RolloutTarget) -> Transition:
+    """The canary gets no traffic; ``champion`` stays where it is and ``challenger`` is cleared."""
+    transition = update_state(target.state_path, rollback)
+    champion = transition.state.champion
+    if champion is not None:
+        client_for(target.tracking_uri).set_registered_model_alias(
+            target.model_name, CHAMPION, champion.model_version
+        )
+        _clear_alias(target, CHALLENGER)
+    return transition
+
+
+def _stage_revision(target: RolloutTarget, version: str) -> Revision:
+    """Copy the version's verified model file next to the state file; predictors load it from there."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(target.tracking_uri)
+    try:
+        model_version = client.get_model_version(target.model_name, version)
+    except MlflowException as exc:
+        raise ValueError(f"model {target.model_name!r} has no version {version}") from exc
+    folder = target.models_dir / f"v{version}"
+    recorded = model_version.tags.get("model_sha256", "")
+    staged = folder / MODEL_FILE_NAME
+    if recorded and staged.is_file() and file_sha256(staged) == recorded:
+        # Already staged (deploying again is a no-op): keep the file a running predictor came from.
+        return Revision(model_version=version, model_uri=str(folder), sha256=recorded)
+    staging = target.models_dir / f".v{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    fetched = fetch_model_file(target.tracking_uri, model_version, dest_dir=staging / "download")
+    fetched.load()  # refuses a file whose sha256 differs from the one recorded at registration
+    shutil.copyfile(fetched.path, staging / MODEL_FILE_NAME)
+    (staging / f"{MODEL_FILE_NAME}.sha256").write_text(fetched.sha256 + "\n", encoding="utf-8")
+    shutil.rmtree(staging / "download")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.replace(folder)
+    return Revision(model_version=version, model_uri=str(folder), sha256=fetched.sha256)
+
+
+def _clear_alias(target: RolloutTarget, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    # Already absent is fine: clearing is idempotent.
+    with contextlib.suppress(MlflowException):
+        client_for(target.tracking_uri).delete_registered_model_alias(target.model_name, alias)

@@ -1,0 +1,147 @@
+"""Deploy, promote and roll back: the deployment state file and the MLflow aliases move together.
+
+Real MLflow (sqlite in tmp) and real files; the CLI is driven through click's runner.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from tlc_fixtures import write_tlc_dir
+
+from components import tracking
+from components.duration_model import MODEL_FILE_NAME
+from components.errors import ModelIntegrityError
+from components.evaluate import gate_against_champion
+from components.ingest import load_month
+from components.register import register_winner
+from components.registry import version_for_alias
+from components.train import fit_candidate
+from components.vectorize import vectorize_trips
+from pipelines.cli import main
+from pipelines.settings import Settings
+from serving.deployment_state import load_state
+from serving.rollout import RolloutTarget, deploy_version, promote_canary, rollback_canary
+
+pytestmark = pytest.mark.timeout(300)
+MODEL_NAME = "taxi-trip-duration"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory):
+    """Versions 1 (champion) and 2 (challenger) in a state dir, as `taxi-mlops run` leaves them."""
+    root = tmp_path_factory.mktemp("rollout")
+    settings = Settings.from_env({"TAXI_MLOPS_STATE_DIR": str(root / "state")})
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking.ensure_experiment(settings.tracking_uri, settings.experiment, settings.artifact_location)
+    data_dir = write_tlc_dir(root / "tlc")
+    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
+    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
+    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
+    champion_rmse = None
+    for name in ("linear_regression", "ridge"):
+        model, result = fit_candidate(name, None, vectorizer, train, validation)
+        path = root / name / MODEL_FILE_NAME
+        model.save(path)
+        parent = tracking.open_pipeline_run(settings.tracking_uri, settings.experiment, name, name, {})
+        with tracking.candidate_run(settings.tracking_uri, parent, name) as run_id:
+            pass
+        gate = gate_against_champion(name, result.rmse, champion_rmse, "1" if champion_rmse else None, 0.0)
+        register_winner(
+            tracking_uri=settings.tracking_uri,
+            model_name=MODEL_NAME,
+            model_file=path,
+            gate={**asdict(gate), "passed": True},
+            input_example=val_trips,
+            run_id=run_id,
+            version_tags={"candidate": name},
+        )
+        champion_rmse = result.rmse
+    yield settings
+    mlflow.set_tracking_uri(previous_uri)  # type: ignore[arg-type]
+
+
+def _target(settings: Settings) -> RolloutTarget:
+    return RolloutTarget(
+        settings.deployment_state_path, settings.deployed_models_dir, settings.tracking_uri, MODEL_NAME
+    )
+
+
+def _alias(settings: Settings, alias: str) -> str | None:
+    version = version_for_alias(settings.tracking_uri, MODEL_NAME, alias)
+    return None if version is None else str(version.version)
+
+
+def test_deploy_promote_rollback_move_state_and_aliases_together(registry: Settings):
+    target = _target(registry)
+    first = deploy_version(target, "1", canary_percent=20)
+    assert first.changed and "first deployment" in first.message
+    state = load_state(target.state_path)
+    assert state.champion.model_version == "1" and state.canary is None
+    staged = Path(state.champion.model_uri) / MODEL_FILE_NAME
+    assert staged.is_file()
+    assert (staged.parent / f"{MODEL_FILE_NAME}.sha256").read_text().strip() == state.champion.sha256
+    assert _alias(registry, "champion") == "1"
+
+    again = deploy_version(target, "1", canary_percent=20)
+    assert not again.changed and load_state(target.state_path).generation == state.generation
+
+    canary = deploy_version(target, "2", canary_percent=25)
+    state = load_state(target.state_path)
+    assert canary.changed and state.canary.model_version == "2" and state.canary_percent == 25
+    assert _alias(registry, "challenger") == "2" and _alias(registry, "champion") == "1"
+
+    rolled_back = rollback_canary(target)
+    state = load_state(target.state_path)
+    assert rolled_back.changed and state.canary is None and state.champion.model_version == "1"
+    assert _alias(registry, "challenger") is None and _alias(registry, "champion") == "1"
+    assert not rollback_canary(target).changed
+
+    deploy_version(target, "2", canary_percent=10)
+    promoted = promote_canary(target)
+    state = load_state(target.state_path)
+    assert promoted.changed and state.champion.model_version == "2" and state.canary is None
+    assert _alias(registry, "champion") == "2" and _alias(registry, "challenger") is None
+    assert not promote_canary(target).changed
+
+
+def test_unknown_version_is_refused(registry: Settings):
+    with pytest.raises(ValueError, match="no version 99"):
+        deploy_version(_target(registry), "99", canary_percent=20)
+
+
+def test_tampered_registry_file_is_refused_at_deploy(registry: Settings, tmp_path):
+    stored = sorted(Path(registry.state_dir, "mlartifacts").rglob(MODEL_FILE_NAME))
+    assert stored, "the registry holds the model files"
+    originals = {path: path.read_bytes() for path in stored}
+    target = RolloutTarget(tmp_path / "state.json", tmp_path / "models", registry.tracking_uri, MODEL_NAME)
+    try:
+        for path, content in originals.items():
+            path.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))
+        with pytest.raises(ModelIntegrityError, match="sha256"):
+            deploy_version(target, "1", canary_percent=20)
+        assert not target.state_path.exists()
+        assert not (target.models_dir / "v1").exists()
+    finally:
+        for path, content in originals.items():
+            path.write_bytes(content)
+
+
+def test_cli_commands_report_each_change(registry: Settings):
+    runner = CliRunner()
+    args = ["--state-dir", str(registry.state_dir)]
+    result = runner.invoke(main, ["deploy", "--version", "1", "--canary-percent", "30", *args])
+    assert result.exit_code == 0, result.output
+    assert "version 1 is canary with 30%" in result.output
+    result = runner.invoke(main, ["rollback", *args])
+    assert result.exit_code == 0 and "rolled back canary version 1" in result.output
+    result = runner.invoke(main, ["status", "--url", "http://127.0.0.1:9", *args])
+    assert result.exit_code == 0
+    assert "desired: champion version 2 (100%)" in result.output and "not answering" in result.output
+    result = runner.invoke(main, ["deploy", "--version", "42", *args])
+    assert result.exit_code == 1 and "no version 42" in result.output
