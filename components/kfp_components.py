@@ -230,3 +230,32 @@ def register(
     )
     with open(summary.path, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def deploy(
+    summary: Input[Artifact],
+    mlflow_run: Input[Artifact],
+    model_name: str,
+    deployment_state_path: str,
+    canary_percent: int,
+) -> str:
+    """Roll the newly registered version out as a canary (the first one ever as champion).
+
+    Local runs pass the deployment state file that ``taxi-mlops serve`` follows;
+    with no state file (an empty path) nothing is deployed here.
+    """
+    import json
+
+    from components.steps import deploy_step
+
+    with open(summary.path, encoding="utf-8") as handle:
+        registration = json.load(handle)["registration"]
+    return deploy_step(
+        registration=registration,
+        tracking_uri=mlflow_run.metadata["tracking_uri"],
+        parent_run_id=mlflow_run.metadata["run_id"],
+        model_name=model_name,
+        deployment_state_path=deployment_state_path,
+        canary_percent=canary_percent,
+    )

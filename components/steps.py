@@ -40,6 +40,8 @@ def _notes_to_stdout() -> None:
 _notes_to_stdout()
 # Where the register step leaves the whole run's summary, in the parent MLflow run.
 SUMMARY_ARTIFACT = "pipeline/summary.json"
+# What the deploy step did, as a tag on the parent MLflow run.
+DEPLOYMENT_TAG = "deployment"
 
 
 def open_run_step(
@@ -244,6 +246,34 @@ def register_step(
     tracking.client_for(tracking_uri).log_text(parent_run_id, json.dumps(summary, indent=2), SUMMARY_ARTIFACT)
     log.info("registration: %s", registration.reason)
     return summary
+
+
+def deploy_step(
+    *,
+    registration: Mapping[str, Any],
+    tracking_uri: str,
+    parent_run_id: str,
+    model_name: str,
+    deployment_state_path: str,
+    canary_percent: int,
+) -> str:
+    """Deploy what register registered, locally; returns one sentence saying what happened."""
+    version = registration.get("model_version")
+    if not version:
+        message = "nothing registered, nothing to deploy"
+    elif not deployment_state_path:
+        message = f"version {version} registered; no deployment target given, not deployed"
+    else:
+        from serving.rollout import RolloutTarget, deploy_version
+
+        state_path = Path(deployment_state_path)
+        target = RolloutTarget(state_path, state_path.parent / "models", tracking_uri, model_name)
+        message = deploy_version(target, str(version), int(canary_percent)).message
+    from components import tracking
+
+    tracking.log_run_values(tracking_uri, parent_run_id, tags={DEPLOYMENT_TAG: message})
+    log.info("deploy: %s", message)
+    return message
 
 
 def _lineage_params(data_reports: Sequence[Mapping[str, Any]]) -> dict[str, str]:

@@ -67,6 +67,14 @@ def main() -> None:
     help="Where local runs keep MLflow, KFP outputs and logs "
     "[env TAXI_MLOPS_STATE_DIR; default ./.taxi-mlops].",
 )
+@click.option(
+    "--canary-percent",
+    type=click.IntRange(0, 100),
+    default=20,
+    show_default=True,
+    help="Traffic share for a newly registered challenger in the local deployment.",
+)
+@click.option("--no-deploy", is_flag=True, help="Register only; leave the local deployment as it is.")
 @click.option("--verbose", is_flag=True, help="Stream KFP's own task logs too.")
 def run(
     data_dir: Path | None,
@@ -79,9 +87,11 @@ def run(
     min_improvement: float,
     summary_out: Path | None,
     state_dir: Path | None,
+    canary_percent: int,
+    no_deploy: bool,
     verbose: bool,
 ) -> None:
-    """Run the training pipeline locally: ingest -> vectorize -> train -> evaluate -> register."""
+    """Run the training pipeline locally: ingest -> vectorize -> train -> evaluate -> register -> deploy."""
     from pipelines.local_run import RunRequest, run_pipeline_locally
 
     settings = Settings.from_env(state_dir=state_dir)
@@ -95,6 +105,8 @@ def run(
             s3_uri=s3_uri,
             candidates=candidates,
             min_improvement=min_improvement,
+            canary_percent=canary_percent,
+            deploy=not no_deploy,
         )
         click.echo(f"MLflow: {settings.tracking_uri}  (experiment {settings.experiment!r})")
         summary = run_pipeline_locally(settings, request, progress=click.echo, verbose=verbose)
@@ -295,6 +307,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
     else:
         lines.append("registered: nothing (the champion stays in place)")
+    if summary.get("deployment"):
+        lines.append(f"deployed: {summary['deployment']} (serve it: taxi-mlops serve)")
     total = sum(summary["step_seconds"].values())
     lines.append(f"steps: {total:.1f}s of task time; MLflow run {summary['mlflow_run_id']}")
     return "\n".join(lines)

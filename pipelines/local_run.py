@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.errors import TaxiMlopsError
-from components.steps import SUMMARY_ARTIFACT
+from components.steps import DEPLOYMENT_TAG, SUMMARY_ARTIFACT
 from components.tracking import PIPELINE_RUN_TAG, client_for, ensure_experiment, find_pipeline_run
 from pipelines.settings import Settings
 
@@ -37,6 +37,7 @@ STEP_NAMES = {
     "train": "train",
     "evaluate": "evaluate",
     "register": "register",
+    "deploy": "deploy",
     "close-tracking-run": "close_run",
 }
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -59,6 +60,8 @@ class RunRequest:
     s3_uri: str | None = None
     candidates: Sequence[Mapping[str, Any]] | None = None
     min_improvement: float = 0.01
+    canary_percent: int = 20
+    deploy: bool = True  # roll the registered version out to the local deployment state
 
 
 @dataclass
@@ -193,6 +196,8 @@ def pipeline_arguments(settings: Settings, request: RunRequest, run_name: str) -
         "s3_uri": request.s3_uri or "",
         "cache_dir": str(settings.cache_dir),
         "tlc_base_url": settings.tlc_base_url,
+        "deployment_state_path": str(settings.deployment_state_path) if request.deploy else "",
+        "canary_percent": request.canary_percent,
     }
     if request.candidates is not None:
         arguments["candidates"] = [dict(candidate) for candidate in request.candidates]
@@ -307,6 +312,7 @@ def build_summary(
     client = client_for(settings.tracking_uri)
     local_file = client.download_artifacts(run_id, SUMMARY_ARTIFACT)
     recorded = json.loads(Path(local_file).read_text(encoding="utf-8"))
+    deployment = client.get_run(run_id).data.tags.get(DEPLOYMENT_TAG, "")
     gate = recorded["gate"]
     registration = recorded["registration"]
     return {
@@ -330,6 +336,7 @@ def build_summary(
         "model_name": registration["model_name"],
         "model_version": registration["model_version"],
         "alias": registration["alias"],
+        "deployment": deployment,
         "step_seconds": dict(step_seconds),
         "mlflow_run_id": run_id,
         "run_name": run_name,

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest -> vectorize -> train x N -> evaluate -> register.
+"""The training pipeline: ingest -> vectorize -> train x N -> evaluate -> register -> deploy.
 
 Wiring only; every step's logic lives in ``components``. Compile it with
 ``taxi-mlops compile -o pipeline.yaml`` or ``python -m pipelines.training_pipeline``.
@@ -12,6 +12,7 @@ from kfp import compiler, dsl
 from components.candidates import CANDIDATES
 from components.kfp_components import (
     close_tracking_run,
+    deploy,
     evaluate,
     ingest,
     open_tracking_run,
@@ -45,6 +46,8 @@ def training_pipeline(
     s3_uri: str = "",
     cache_dir: str = "",
     tlc_base_url: str = TLC_BASE_URL,
+    deployment_state_path: str = "",
+    canary_percent: int = 20,
 ) -> None:
     """Hyperparameters travel inside ``candidates``.
 
@@ -105,9 +108,17 @@ def training_pipeline(
             model_name=model_name,
         ).set_display_name("register")
 
+        deployed = deploy(
+            summary=registered.outputs["summary"],
+            mlflow_run=opened.outputs["mlflow_run"],
+            model_name=model_name,
+            deployment_state_path=deployment_state_path,
+            canary_percent=canary_percent,
+        ).set_display_name("deploy-canary")
+
     # Tasks that talk to MLflow must run every time: a cached result would point
     # at another run's MLflow entries.
-    for task in (closer, opened, fitted, evaluated, registered):
+    for task in (closer, opened, fitted, evaluated, registered, deployed):
         task.set_caching_options(False)
 
 

@@ -43,6 +43,8 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
         "cache_dir": "STRING",
         "tlc_base_url": "STRING",
         "run_name": "STRING",
+        "deployment_state_path": "STRING",
+        "canary_percent": "NUMBER_INTEGER",
     }
     assert {name: spec["parameterType"] for name, spec in params.items()} == expected
     assert params["color"]["defaultValue"] == "green"
@@ -66,7 +68,9 @@ def test_task_graph(pipeline_ir):
         "for-loop-2",
         "evaluate",
         "register",
+        "deploy",
     }
+    assert set(body["deploy"]["dependentTasks"]) >= {"register"}
     assert set(body["vectorize"]["dependentTasks"]) == {"ingest", "ingest-2"}
     assert set(body["evaluate"]["dependentTasks"]) >= {"for-loop-2", "ingest-2", "open-tracking-run"}
     assert set(body["register"]["dependentTasks"]) >= {"evaluate"}
@@ -97,6 +101,7 @@ def test_every_step_runs_in_the_project_image_without_pip(pipeline_ir):
         "exec-train",
         "exec-evaluate",
         "exec-register",
+        "exec-deploy",
     }
     for name, executor in executors.items():
         container = executor["container"]
@@ -115,7 +120,7 @@ def test_outputs_for_the_kfp_ui(pipeline_ir):
 
 def test_mlflow_tasks_are_never_cached(pipeline_ir):
     body = _dag_tasks(pipeline_ir, "comp-exit-handler-1")
-    for task in ("open-tracking-run", "evaluate", "register"):
+    for task in ("open-tracking-run", "evaluate", "register", "deploy"):
         assert body[task].get("cachingOptions", {}).get("enableCache") is not True, task
     loop_tasks = _dag_tasks(pipeline_ir, "comp-for-loop-2")
     assert loop_tasks["train"].get("cachingOptions", {}).get("enableCache") is not True

@@ -112,6 +112,8 @@ def test_first_run_trains_every_candidate_and_registers_a_champion(generated, fi
     assert summary["gate"]["challenger_rmse"] == pytest.approx(best["rmse"])
     assert summary["model_version"] == "1"
     assert summary["alias"] == "champion"
+    # The last step rolled the first version out locally: champion with all the traffic.
+    assert "first deployment: version 1 is champion" in summary["deployment"]
     assert {"ingest_train", "ingest_val", "vectorize", "train", "evaluate", "register"} <= set(
         summary["step_seconds"]
     )
