@@ -253,13 +253,17 @@ def serve(host: str, port: int, state_dir: Path | None) -> None:
         f"  curl -s {base}/v1/models/duration:predict -H 'Content-Type: application/json' \\\n"
         """    -d '{"instances": [{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}]}'"""
     )
-    run_local_stack(
-        settings.deployment_state_path,
-        host=host,
-        port=port,
-        log_dir=settings.state_dir / "deployment" / "logs",
-        progress=click.echo,
-    )
+    try:
+        run_local_stack(
+            settings.deployment_state_path,
+            host=host,
+            port=port,
+            log_dir=settings.state_dir / "deployment" / "logs",
+            progress=click.echo,
+        )
+    except TaxiMlopsError as exc:  # e.g. the port is taken
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
 
 
 def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
