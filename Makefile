@@ -10,6 +10,7 @@ DATA_DIR ?=
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 IMAGE ?= docker.io/taxi-mlops/pipeline:0.1.0
+PREDICTOR_IMAGE ?= docker.io/taxi-mlops/predictor:0.1.0
 
 .PHONY: install run test lint format compile bench image clean help
 
@@ -44,8 +45,9 @@ compile: install ## compile the training pipeline to training_pipeline.yaml
 bench: install ## vectorize+train benchmark against the course's reference implementation
 	$(BIN)/python bench/bench_vectorize_train.py $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-image: ## build the pipeline image (needs Docker)
+image: ## build the pipeline and predictor images (needs Docker)
 	docker build -t $(IMAGE) .
+	docker build -f serving/Dockerfile --build-arg PIPELINE_IMAGE=$(IMAGE) -t $(PREDICTOR_IMAGE) .
 
 clean: ## remove local run state (MLflow db, artifacts, KFP outputs)
 	rm -rf .taxi-mlops training_pipeline.yaml
