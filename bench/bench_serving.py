@@ -28,11 +28,17 @@ Not a test. In one run on this machine it
      coordinated omission); at most ``--max-inflight`` outstanding (more are
      counted as dropped), each with ``--request-timeout``.
 
-The load client is a separate process (asyncio + aiohttp, uvloop when present).
-Each phase reports the client's own CPU time, the server's CPU time per request
-(its process and children, read from /proc through psutil), the CPU everything
-else on the machine used meanwhile, the client's send lag behind schedule
-(open loop) and the 1-minute load average.
+   Latency is measured from the moment a request is handed to the HTTP client
+   to the last byte of its answer; a failed request counts with the time it
+   took to fail, so timeouts raise the percentiles instead of vanishing.
+
+The load client is a separate process (asyncio + aiohttp, uvloop when present;
+its startup heap is frozen before each measured phase so a garbage collection
+cannot stall the answers in flight, and any collection during the phase is
+timed). Each phase reports the client's own CPU time and GC pauses, the
+server's CPU time per request (its process and children, read from /proc
+through psutil), the CPU everything else on the machine used meanwhile, the
+client's send lag behind schedule (open loop) and the 1-minute load average.
 
     python bench/bench_serving.py                     # ~3 minutes
     python bench/bench_serving.py --quick             # ~1 minute
@@ -929,17 +935,20 @@ def client_check(calib: dict[str, Any], results: dict[str, Any]) -> str:
         )
     lag = max((p["send_lag_p99_ms"] or 0.0 for p in phases if p["mode"] == "open"), default=0.0)
     parts.append(f"open-loop send lag p99 <= {lag:.2f} ms")
+    # A client GC pause delays the answers in flight: it matters where it is not small next to
+    # the latencies measured (saturated phases queue for seconds, a 20 ms pause is noise there).
     gc_max = max(p.get("client_gc_max_ms") or 0.0 for p in phases)
-    parts.append(f"longest client GC pause {gc_max:.1f} ms")
-    ok = busiest < 0.8 and (not calib or ceiling >= 2 * fastest) and gc_max < 5.0
+    gc_hurt = [p for p in phases if (p.get("client_gc_max_ms") or 0.0) > max(5.0, 0.1 * (p["p50_ms"] or 0.0))]
+    parts.append(f"longest client GC pause {gc_max:.1f} ms ({len(gc_hurt)} phase(s) where it matters)")
+    ok = busiest < 0.8 and (not calib or ceiling >= 2 * fastest) and not gc_hurt
     return ("OK: " if ok else "WARNING, the client may have limited the results: ") + "; ".join(parts)
 
 
 # ============================================================================ main
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     def parse(text: str) -> list[Any]:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-        if not values or any(v <= 0 for v in values):
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        if not values or (kind is not str and any(v <= 0 for v in values)):
             raise argparse.ArgumentTypeError(f"expected positive comma-separated values, got {text!r}")
         return values
 
