@@ -7,7 +7,6 @@ tampered bytes), so each is checked with its message.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from minio import Minio
-from moto.server import ThreadedMotoServer
+from s3_server import upload_object
 from tlc_fixtures import write_tlc_dir
 
 from components import tracking
@@ -159,27 +157,9 @@ def test_malformed_sha256_is_refused(built: Built):
 # ------------------------------------------------------------ S3 (moto server)
 
 
-@pytest.fixture(scope="module")
-def s3_conn() -> Iterator[S3Connection]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield S3Connection(
-        endpoint=f"{host}:{port}", access_key="test", secret_key="test", secure=False, region="us-east-1"
-    )
-    server.stop()
-
-
-def _put(conn: S3Connection, bucket: str, key: str, body: bytes) -> None:
-    client: Minio = conn.client()
-    if not client.bucket_exists(bucket):
-        client.make_bucket(bucket)
-    client.put_object(bucket, key, io.BytesIO(body), len(body))
-
-
 def test_s3_prefix_with_sidecar(built: Built, s3_conn: S3Connection, tmp_path: Path):
-    _put(s3_conn, "models", f"duration/v3/{MODEL_FILE_NAME}", built.path.read_bytes())
-    _put(s3_conn, "models", f"duration/v3/{MODEL_FILE_NAME}.sha256", f"{built.sha256}\n".encode())
+    upload_object(s3_conn, "models", f"duration/v3/{MODEL_FILE_NAME}", built.path.read_bytes())
+    upload_object(s3_conn, "models", f"duration/v3/{MODEL_FILE_NAME}.sha256", f"{built.sha256}\n".encode())
     loaded = load_model("s3://models/duration/v3/", s3=s3_conn, download_dir=tmp_path, model_version="3")
     assert loaded.record.path == tmp_path / MODEL_FILE_NAME
     assert loaded.record.sha256 == built.sha256
@@ -189,7 +169,7 @@ def test_s3_prefix_with_sidecar(built: Built, s3_conn: S3Connection, tmp_path: P
 
 
 def test_s3_object_key_with_given_sha256(built: Built, s3_conn: S3Connection, tmp_path: Path):
-    _put(s3_conn, "models", f"plain/{MODEL_FILE_NAME}", built.path.read_bytes())
+    upload_object(s3_conn, "models", f"plain/{MODEL_FILE_NAME}", built.path.read_bytes())
     loaded = load_model(
         f"s3://models/plain/{MODEL_FILE_NAME}",
         expected_sha256=built.sha256,
@@ -202,7 +182,7 @@ def test_s3_object_key_with_given_sha256(built: Built, s3_conn: S3Connection, tm
 def test_s3_without_recorded_sha256_is_refused_before_download(
     built: Built, s3_conn: S3Connection, tmp_path: Path
 ):
-    _put(s3_conn, "models", f"unverified/{MODEL_FILE_NAME}", built.path.read_bytes())
+    upload_object(s3_conn, "models", f"unverified/{MODEL_FILE_NAME}", built.path.read_bytes())
     with pytest.raises(ModelIntegrityError, match="no recorded sha256 for s3://models/unverified/"):
         load_model("s3://models/unverified", s3=s3_conn, download_dir=tmp_path)
     assert not (tmp_path / MODEL_FILE_NAME).exists()
@@ -211,8 +191,8 @@ def test_s3_without_recorded_sha256_is_refused_before_download(
 def test_s3_tampered_object_is_refused(built: Built, s3_conn: S3Connection, tmp_path: Path):
     payload = bytearray(built.path.read_bytes())
     payload[100] ^= 0x01
-    _put(s3_conn, "models", f"tampered/{MODEL_FILE_NAME}", bytes(payload))
-    _put(s3_conn, "models", f"tampered/{MODEL_FILE_NAME}.sha256", built.sha256.encode())
+    upload_object(s3_conn, "models", f"tampered/{MODEL_FILE_NAME}", bytes(payload))
+    upload_object(s3_conn, "models", f"tampered/{MODEL_FILE_NAME}.sha256", built.sha256.encode())
     with pytest.raises(ModelIntegrityError, match=f"does not match the recorded {built.sha256}"):
         load_model("s3://models/tampered", s3=s3_conn, download_dir=tmp_path)
 
@@ -221,7 +201,7 @@ def test_s3_tampered_object_is_refused(built: Built, s3_conn: S3Connection, tmp_
     ("uri", "code"), [("s3://models/nothing-here", "NoSuchKey"), ("s3://no-bucket/x", "NoSuchBucket")]
 )
 def test_s3_missing_object(s3_conn: S3Connection, tmp_path: Path, uri: str, code: str):
-    _put(s3_conn, "models", "placeholder", b"x")
+    upload_object(s3_conn, "models", "placeholder", b"x")
     with pytest.raises(ModelSourceError, match=code):
         load_model(uri, expected_sha256="a" * 64, s3=s3_conn, download_dir=tmp_path)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,8 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from minio import Minio
-from moto.server import ThreadedMotoServer
+from s3_server import upload_object
 from tlc_fixtures import write_trip_file
 
 from components.errors import IngestError
@@ -214,26 +212,8 @@ def test_has_parquet_magic(tmp_path: Path, parquet_bytes: bytes) -> None:
 # ------------------------------------------------------------- S3 (moto server)
 
 
-@pytest.fixture(scope="module")
-def s3_conn() -> Iterator[S3Connection]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield S3Connection(
-        endpoint=f"{host}:{port}", access_key="test", secret_key="test", secure=False, region="us-east-1"
-    )
-    server.stop()
-
-
-def _upload(conn: S3Connection, bucket: str, key: str, body: bytes) -> None:
-    client: Minio = conn.client()
-    if not client.bucket_exists(bucket):
-        client.make_bucket(bucket)
-    client.put_object(bucket, key, io.BytesIO(body), len(body))
-
-
 def test_s3_download(tmp_path: Path, s3_conn: S3Connection, parquet_bytes: bytes) -> None:
-    _upload(s3_conn, "tlc-mirror", "raw/tlc/green_tripdata_2021-01.parquet", parquet_bytes)
+    upload_object(s3_conn, "tlc-mirror", "raw/tlc/green_tripdata_2021-01.parquet", parquet_bytes)
 
     found = resolve_trip_file(
         "green", "2021-01", s3_uri="s3://tlc-mirror/raw/tlc/", s3=s3_conn, cache_dir=tmp_path
@@ -250,7 +230,7 @@ def test_s3_download(tmp_path: Path, s3_conn: S3Connection, parquet_bytes: bytes
 
 
 def test_s3_bucket_root_without_prefix(tmp_path: Path, s3_conn: S3Connection, parquet_bytes: bytes) -> None:
-    _upload(s3_conn, "tlc-root", "yellow_tripdata_2023-02.parquet", parquet_bytes)
+    upload_object(s3_conn, "tlc-root", "yellow_tripdata_2023-02.parquet", parquet_bytes)
 
     found = resolve_trip_file("yellow", "2023-02", s3_uri="s3://tlc-root", s3=s3_conn, cache_dir=tmp_path)
 
@@ -264,7 +244,7 @@ def test_s3_bucket_root_without_prefix(tmp_path: Path, s3_conn: S3Connection, pa
 def test_s3_missing_object_is_file_not_found(
     tmp_path: Path, s3_conn: S3Connection, parquet_bytes: bytes, uri: str, code: str
 ) -> None:
-    _upload(s3_conn, "tlc-mirror", "raw/tlc/green_tripdata_2021-01.parquet", parquet_bytes)
+    upload_object(s3_conn, "tlc-mirror", "raw/tlc/green_tripdata_2021-01.parquet", parquet_bytes)
 
     with pytest.raises(IngestError) as err:
         resolve_trip_file("green", "2021-01", s3_uri=uri, s3=s3_conn, cache_dir=tmp_path)
@@ -276,7 +256,7 @@ def test_s3_missing_object_is_file_not_found(
 
 
 def test_s3_object_that_is_not_parquet(tmp_path: Path, s3_conn: S3Connection) -> None:
-    _upload(s3_conn, "tlc-junk", "green_tripdata_2021-01.parquet", b"not,a,parquet\n1,2,3\n")
+    upload_object(s3_conn, "tlc-junk", "green_tripdata_2021-01.parquet", b"not,a,parquet\n1,2,3\n")
 
     with pytest.raises(IngestError) as err:
         resolve_trip_file("green", "2021-01", s3_uri="s3://tlc-junk", s3=s3_conn, cache_dir=tmp_path)
