@@ -1,0 +1,417 @@
+"""Move files to and from an S3-compatible store (MinIO in the cluster) without ever trusting a half transfer.
+
+Every upload records the file's sha256 as object metadata (``x-amz-meta-sha256``)
+and is checked afterwards with a HEAD (size and that metadata) before the caller
+may rely on it. Every download streams into a temporary file beside the
+destination, checks the byte count and the sha256 (the caller's, else the
+recorded one), and only then renames it into place: the destination is either
+absent or verified, even if the process is killed mid-transfer.
+
+Two retry layers, on purpose: the minio client's urllib3 pool (see
+``S3Connection.client``) retries single requests that failed before a body was
+read (5xx, refused connections); this module retries whole operations that
+cannot be resumed in place — a download cut mid-body, an upload whose stored
+object does not check out, or a request whose urllib3 retries ran out. A
+checksum mismatch is never retried: the store holds different bytes, and
+asking again would only fetch them again.
+
+The model store layout is the cluster contract's (docs/cluster-contract.md):
+``<model_store_uri>/<sha256>/trip_duration_model.zip`` and the
+``trip_duration_model.zip.sha256`` sidecar beside it (hex digest + newline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from components.checksums import file_sha256
+from components.duration_model import MODEL_FILE_NAME
+from components.errors import IngestError, ModelIntegrityError, TaxiMlopsError
+from components.tlc_source import S3Connection
+
+SHA256_METADATA: Final = "sha256"  # stored as the x-amz-meta-sha256 header
+SIDECAR_SUFFIX: Final = ".sha256"
+DEFAULT_ATTEMPTS: Final = 3
+DEFAULT_BACKOFF: Final = 0.5  # seconds before the 2nd attempt; doubles after each failure
+_CHUNK: Final = 1 << 20
+_MISSING_CODES: Final = frozenset({"NoSuchKey", "NoSuchBucket"})
+# S3 error codes that mean "try again later", whatever the HTTP status says.
+_TRANSIENT_CODES: Final = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "OperationAborted"}
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ObjectStoreError(TaxiMlopsError):
+    """An object could not be stored or fetched; names the URI, the problem and the S3 code if any."""
+
+    def __init__(self, uri: str, problem: str, code: str | None = None) -> None:
+        self.uri = uri
+        self.problem = problem
+        self.code = code
+        super().__init__(f"{uri}: {problem}")
+
+    @property
+    def missing(self) -> bool:
+        """True when the object or its bucket does not exist (as opposed to an unreachable store)."""
+        return self.code in _MISSING_CODES
+
+
+class ObjectIntegrityError(ObjectStoreError, ModelIntegrityError):
+    """Stored bytes do not match the recorded sha256 (or none is recorded); never retried.
+
+    Also a ``ModelIntegrityError``, so callers that refuse tampered model files
+    refuse these the same way.
+    """
+
+
+class _RetryableMismatch(Exception):
+    """A transfer finished but its result does not check out in a way another try may fix."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object whose size and sha256 were checked after the transfer."""
+
+    uri: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model file and its sidecar in the contract layout; ``folder_uri`` ends with ``/``."""
+
+    folder_uri: str
+    model: StoredObject
+    sidecar: StoredObject
+
+
+# ----------------------------------------------------------------------- URIs
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); the key may not be empty."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/") if uri.startswith("s3://") else ("", "", "")
+    if not bucket or not key.strip("/"):
+        raise ObjectStoreError(uri, "expected s3://bucket/key")
+    return bucket, key
+
+
+def check_store_uri(uri: str) -> str:
+    """A folder URI (``s3://bucket[/prefix]``) without trailing slashes, or ObjectStoreError."""
+    bucket = uri.removeprefix("s3://").partition("/")[0] if uri.startswith("s3://") else ""
+    if not bucket:
+        raise ObjectStoreError(uri, "expected s3://bucket[/prefix]")
+    return uri.rstrip("/")
+
+
+def model_folder_uri(model_store_uri: str, sha256: str) -> str:
+    """``<model_store_uri>/<sha256>/``: the folder a model version's ``storage_uri`` tag names."""
+    return f"{check_store_uri(model_store_uri)}/{sha256}/"
+
+
+def connection_for(uri: str, s3: S3Connection | None) -> S3Connection:
+    """``s3``, or one from the environment; a missing variable becomes an ObjectStoreError naming ``uri``."""
+    if s3 is not None:
+        return s3
+    try:
+        return S3Connection.from_env()
+    except IngestError as exc:
+        raise ObjectStoreError(uri, exc.detail) from exc
+
+
+# -------------------------------------------------------------------- uploads
+
+
+def upload_file(
+    conn: S3Connection,
+    local_path: Path | str,
+    uri: str,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+    content_type: str = "application/octet-stream",
+) -> StoredObject:
+    """Store ``local_path`` at ``uri`` with its sha256 as metadata, then check size and metadata.
+
+    Retries transient failures; if every attempt fails, an object left at ``uri``
+    that does not check out is removed, so a cut upload never sits at the final key.
+    """
+    bucket, key = parse_s3_uri(uri)
+    path = Path(local_path)
+    expected = StoredObject(uri, path.stat().st_size, file_sha256(path))
+    client = conn.client()
+
+    def attempt() -> StoredObject:
+        with path.open("rb") as body:
+            client.put_object(
+                bucket,
+                key,
+                body,
+                expected.size,
+                content_type=content_type,
+                metadata={SHA256_METADATA: expected.sha256},
+            )
+        _check_stored(client, bucket, key, expected)
+        return expected
+
+    try:
+        return _with_retries(attempt, uri=uri, endpoint=conn.endpoint, attempts=attempts, backoff=backoff)
+    except ObjectStoreError:
+        _remove_unless_verified(client, bucket, key, expected)
+        raise
+
+
+def _check_stored(client: Minio, bucket: str, key: str, expected: StoredObject) -> None:
+    stat = client.stat_object(bucket, key)
+    recorded = _recorded_sha256(stat.metadata)
+    if stat.size != expected.size or recorded != expected.sha256:
+        raise _RetryableMismatch(
+            f"stored object has {stat.size} bytes and sha256 {recorded}, "
+            f"expected {expected.size} bytes and sha256 {expected.sha256}"
+        )
+
+
+def _remove_unless_verified(client: Minio, bucket: str, key: str, expected: StoredObject) -> None:
+    """Best effort: S3 never stores a partial PUT, but a store that does must not keep it at the final key."""
+    try:
+        _check_stored(client, bucket, key, expected)
+    except _RetryableMismatch:
+        with contextlib.suppress(Exception):
+            client.remove_object(bucket, key)
+            log.warning("removed %s: it did not match the file that failed to upload", expected.uri)
+    except Exception:  # absent object or unreachable store: nothing to clean up here
+        pass
+
+
+def upload_model_files(
+    conn: S3Connection,
+    model_file: Path | str,
+    model_store_uri: str,
+    *,
+    sha256: str | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> StoredModel:
+    """Upload a model file and its sidecar to ``<model_store_uri>/<sha256>/`` (the contract layout).
+
+    ``sha256`` is the digest the caller already checked; the file must still have it.
+    The model goes first and the sidecar last, so a folder with a sidecar holds a
+    verified model. The local file name does not matter: the key is the canonical one.
+    """
+    path = Path(model_file)
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise ObjectIntegrityError(
+            str(path), f"sha256 {digest} does not match the recorded {sha256}; the file changed"
+        )
+    folder = model_folder_uri(model_store_uri, digest)
+    model = upload_file(conn, path, folder + MODEL_FILE_NAME, attempts=attempts, backoff=backoff)
+    with tempfile.TemporaryDirectory(prefix="taxi-mlops-sidecar-") as staging:
+        sidecar_path = Path(staging) / (MODEL_FILE_NAME + SIDECAR_SUFFIX)
+        # Same format as `sha256sum` without the name: serving/model_source.py reads the first token.
+        sidecar_path.write_text(f"{digest}\n", encoding="ascii")
+        sidecar = upload_file(
+            conn,
+            sidecar_path,
+            folder + MODEL_FILE_NAME + SIDECAR_SUFFIX,
+            attempts=attempts,
+            backoff=backoff,
+            content_type="text/plain",
+        )
+    return StoredModel(folder, model, sidecar)
+
+
+# ------------------------------------------------------------------ downloads
+
+
+def download_file(
+    conn: S3Connection,
+    uri: str,
+    dest: Path | str,
+    *,
+    expected_sha256: str | None = None,
+    require_sha256: bool = True,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> StoredObject:
+    """Download ``uri`` to ``dest`` atomically after checking its size and sha256.
+
+    The sha256 checked is ``expected_sha256``, else the object's recorded one; if the
+    object records one that disagrees with ``expected_sha256``, it is refused. With
+    neither, the download is refused unless ``require_sha256=False`` (then only the
+    size is checked). On any failure ``dest`` is left as it was and no temporary file
+    remains. Transient failures are retried; checksum mismatches are not.
+    """
+    bucket, key = parse_s3_uri(uri)
+    target = Path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    client = conn.client()
+
+    def attempt() -> StoredObject:
+        response = client.get_object(bucket, key)
+        try:
+            sha256 = _sha256_to_check(
+                uri, expected_sha256, _recorded_sha256(response.headers), require_sha256
+            )
+            with _temp_file_beside(target) as (tmp, tmp_path):
+                size, actual = _stream_hashed(response, tmp)
+                tmp.close()
+                _check_length(response, size)
+                if sha256 is not None and actual != sha256:
+                    raise ObjectIntegrityError(uri, f"sha256 {actual} does not match the recorded {sha256}")
+                os.replace(tmp_path, target)
+        finally:
+            response.close()
+            response.release_conn()
+        return StoredObject(uri, size, actual)
+
+    return _with_retries(attempt, uri=uri, endpoint=conn.endpoint, attempts=attempts, backoff=backoff)
+
+
+def read_object(
+    conn: S3Connection,
+    uri: str,
+    *,
+    limit: int = 1 << 16,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> bytes:
+    """The bytes of a small object (a sidecar), retried like a download; refuses objects over ``limit``."""
+    bucket, key = parse_s3_uri(uri)
+    client = conn.client()
+
+    def attempt() -> bytes:
+        response = client.get_object(bucket, key)
+        try:
+            body = response.read(limit + 1)
+        finally:
+            response.close()
+            response.release_conn()
+        if len(body) > limit:
+            raise ObjectStoreError(uri, f"object is larger than the {limit} bytes expected here")
+        _check_length(response, len(body))
+        return body
+
+    return _with_retries(attempt, uri=uri, endpoint=conn.endpoint, attempts=attempts, backoff=backoff)
+
+
+def _sha256_to_check(uri: str, expected: str | None, recorded: str | None, required: bool) -> str | None:
+    if expected is not None:
+        expected = expected.strip().lower()
+        if recorded is not None and recorded != expected:
+            raise ObjectIntegrityError(
+                uri, f"expected sha256 {expected} but the object records {recorded}; refusing to guess"
+            )
+        return expected
+    if recorded is None and required:
+        raise ObjectIntegrityError(
+            uri, "no sha256 given and none recorded on the object; refusing an unverifiable download"
+        )
+    return recorded
+
+
+def _stream_hashed(response: urllib3.BaseHTTPResponse, out: IO[bytes]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in response.stream(_CHUNK):
+        out.write(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _check_length(response: urllib3.BaseHTTPResponse, received: int) -> None:
+    # urllib3 enforces Content-Length too; this also covers a response that had none.
+    announced = response.headers.get("content-length")
+    if announced is not None and int(announced) != received:
+        raise _RetryableMismatch(f"received {received} of {announced} bytes")
+
+
+@contextlib.contextmanager
+def _temp_file_beside(dest: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    # Same folder as dest, so os.replace is a rename on one filesystem (atomic).
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp_path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            yield tmp, tmp_path
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _recorded_sha256(headers: Mapping[str, str] | None) -> str | None:
+    # Response headers are case-insensitive (urllib3's HTTPHeaderDict); the store may change the case.
+    value = (headers or {}).get(f"x-amz-meta-{SHA256_METADATA}")
+    return value.strip().lower() if value and value.strip() else None
+
+
+# -------------------------------------------------------------------- retries
+
+
+def _with_retries(operation: Callable[[], T], *, uri: str, endpoint: str, attempts: int, backoff: float) -> T:
+    """Run ``operation`` up to ``attempts`` times while it fails transiently; ObjectStoreError otherwise."""
+    for attempt in range(1, max(attempts, 1) + 1):
+        try:
+            return operation()
+        except ObjectStoreError:
+            raise
+        except Exception as exc:  # classified below, re-raised as ObjectStoreError
+            problem = _transient_problem(exc, endpoint)
+            if problem is None:
+                raise _as_store_error(uri, exc) from exc
+            if attempt >= attempts:
+                raise ObjectStoreError(uri, f"{problem}; gave up after {attempt} attempts") from exc
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning(
+                "%s: %s; attempt %d of %d failed, retrying in %.2fs", uri, problem, attempt, attempts, delay
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _transient_problem(exc: Exception, endpoint: str) -> str | None:
+    """A description if another attempt may succeed, else None."""
+    if isinstance(exc, _RetryableMismatch):
+        return str(exc)
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", 0) or 0
+        if exc.code in _TRANSIENT_CODES or status >= 500:
+            return f"S3 error {exc.code} (HTTP {status})"
+        return None
+    if isinstance(exc, ServerError):
+        return f"HTTP {exc.status_code} from {endpoint}" if exc.status_code >= 500 else None
+    if isinstance(exc, InvalidResponseError):
+        # A proxy's HTML error page in front of the store; only 5xx ones are worth another try.
+        status = getattr(exc, "_code", 0) or 0
+        return f"non-S3 HTTP {status} response from {endpoint}" if status >= 500 else None
+    if isinstance(
+        exc, urllib3.exceptions.HTTPError | http.client.HTTPException | ConnectionError | TimeoutError
+    ):
+        # Refused/reset connections, cut bodies, timeouts, urllib3's own retries exhausted.
+        # Other OSErrors (a full disk, a read-only folder) are local: retrying will not help.
+        return f"cannot reach the object store at {endpoint} ({exc})"
+    return None
+
+
+def _as_store_error(uri: str, exc: Exception) -> ObjectStoreError:
+    if isinstance(exc, S3Error):
+        return ObjectStoreError(uri, f"{exc.code} ({exc.message})", exc.code)
+    return ObjectStoreError(uri, f"{type(exc).__name__}: {exc}")
