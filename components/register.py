@@ -3,6 +3,11 @@
 All or nothing: if anything fails after the version was created (tagging,
 aliasing), the version is deleted again, so a failed run never leaves a
 half-registered model that a deployment could pick up.
+
+In cluster mode (``model_store_uri`` set) the model file and its sha256 sidecar
+are uploaded to ``<model_store_uri>/<sha256>/`` and verified there before the
+version exists, and the version's ``storage_uri`` tag names that folder: an
+upload that fails or does not check out raises, and nothing is registered.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import pandas as pd
 from components.checksums import file_sha256
 from components.duration_model import MODEL_FILE_NAME, load_duration_model
 from components.features import FEATURE_FIELDS
-from components.registry import CHALLENGER, CHAMPION, PYFUNC_ARTIFACT_KEY, SHA256_TAG
+from components.object_store import connection_for, upload_model_files
+from components.registry import CHALLENGER, CHAMPION, PYFUNC_ARTIFACT_KEY, SHA256_TAG, STORAGE_URI_TAG
+from components.tlc_source import S3Connection
 from components.tracking import client_for
 
 MODEL_CODE_PATH = Path(__file__).with_name("mlflow_model_code.py")
@@ -42,6 +49,7 @@ class Registration:
     alias: str | None
     sha256: str | None
     reason: str
+    storage_uri: str | None = None  # cluster mode: the model store folder; None in local mode
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,11 +64,15 @@ def register_winner(
     input_example: pd.DataFrame,
     run_id: str,
     version_tags: Mapping[str, str],
+    model_store_uri: str = "",
+    s3: S3Connection | None = None,
 ) -> Registration:
     """Log the winner as a pyfunc model under ``run_id`` and register it, when the gate passed.
 
     The alias is ``champion`` when there was no champion before, else ``challenger``
-    (the canary decides later whether the challenger is promoted).
+    (the canary decides later whether the challenger is promoted). A non-empty
+    ``model_store_uri`` (``s3://models/<model_name>``) stores the model there first,
+    through ``s3`` (default: ``S3Connection.from_env()``); empty means local mode.
     """
     if not gate["passed"]:
         return Registration(
@@ -72,6 +84,8 @@ def register_winner(
 
     sha256 = file_sha256(model_file)
     model = load_duration_model(model_file, sha256)
+    # Before any MLflow write: a store that fails here leaves no run artifact and no version behind.
+    storage_uri = _store_model(model_file, sha256, model_store_uri, s3) if model_store_uri else None
     # The example shows the serving contract: integer zone ids, as clients send them.
     example = (
         input_example.loc[:, list(FEATURE_FIELDS)]
@@ -102,10 +116,21 @@ def register_winner(
             input_example=example,
         )
     # register_model creates the registered model on first use and links the logged model.
-    version = mlflow.register_model(info.model_uri, model_name, tags={SHA256_TAG: sha256, **version_tags})
+    tags = {SHA256_TAG: sha256, **version_tags}
+    if storage_uri is not None:
+        tags[STORAGE_URI_TAG] = storage_uri
+    version = mlflow.register_model(info.model_uri, model_name, tags=tags)
     try:
         client.set_registered_model_alias(model_name, alias, version.version)
     except BaseException:
         client.delete_model_version(model_name, version.version)
         raise
-    return Registration(model_name, str(version.version), alias, sha256, gate["reason"])
+    return Registration(model_name, str(version.version), alias, sha256, gate["reason"], storage_uri)
+
+
+def _store_model(model_file: Path, sha256: str, model_store_uri: str, s3: S3Connection | None) -> str:
+    """Upload and verify the model file and its sidecar; the folder URI for the ``storage_uri`` tag."""
+    stored = upload_model_files(
+        connection_for(model_store_uri, s3), model_file, model_store_uri, sha256=sha256
+    )
+    return stored.folder_uri

@@ -21,6 +21,9 @@ from components.tracking import client_for
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 SHA256_TAG = "model_sha256"
+# Cluster mode: the model store folder s3://models/<model_name>/<sha256>/ holding the verified
+# model file and its sidecar (docs/cluster-contract.md); KServe's storageUri is this value.
+STORAGE_URI_TAG = "storage_uri"
 # The pyfunc keeps its artifacts under this key; the file sits in artifacts/ of the model dir.
 PYFUNC_ARTIFACT_KEY = "trip_duration_model"
 
