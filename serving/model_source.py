@@ -7,7 +7,8 @@ sha256 recorded somewhere other than the file itself.
   initializer leaves in ``/mnt/models``), or the file itself;
 * ``s3://bucket/prefix``: ``prefix/trip_duration_model.zip`` on MinIO/S3,
   reached with ``S3Connection.from_env()`` (AWS_ACCESS_KEY_ID,
-  AWS_SECRET_ACCESS_KEY, S3_ENDPOINT_URL);
+  AWS_SECRET_ACCESS_KEY, S3_ENDPOINT_URL) and fetched by
+  ``components.object_store`` (retries, verified before it is renamed into place);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: the MLflow
   registry, whose version tag ``model_sha256`` was written at registration.
 
@@ -26,14 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from minio import Minio
-from minio.error import S3Error
-
 from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 from components.errors import IngestError, ModelIntegrityError, TaxiMlopsError
+from components.object_store import SIDECAR_SUFFIX, ObjectStoreError, download_file, read_object
 from components.tlc_source import S3Connection
 
-SIDECAR_SUFFIX: Final = ".sha256"
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _MODELS_URI_RE: Final = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -135,39 +133,38 @@ def resolve_s3(
     s3: S3Connection | None,
     download_dir: Path,
 ) -> ModelRecord:
-    """Download ``prefix/trip_duration_model.zip`` (and read its sidecar, if any) from S3/MinIO."""
+    """Download ``prefix/trip_duration_model.zip`` (and read its sidecar, if any) from S3/MinIO.
+
+    Through ``components.object_store``: transient failures are retried, and the file
+    only appears in ``download_dir`` once its bytes match the agreed sha256.
+    """
     bucket, key = _split_s3_uri(uri)
     where = f"s3://{bucket}/{key}"
     try:
-        client = (s3 or S3Connection.from_env()).client()
+        conn = s3 or S3Connection.from_env()
     except IngestError as exc:
         raise ModelSourceError(f"{where}: {exc.detail}") from exc
     try:
-        sidecar = _read_s3_sidecar(client, bucket, key + SIDECAR_SUFFIX)
+        sidecar = _read_s3_sidecar(conn, where + SIDECAR_SUFFIX)
         # Check the checksum source before paying for the download.
         sha256 = _agreed_sha256(where, expected_sha256, sidecar, MODEL_FILE_NAME + SIDECAR_SUFFIX)
         path = download_dir / MODEL_FILE_NAME
-        client.fget_object(bucket, key, str(path))
-    except S3Error as exc:
-        raise ModelSourceError(f"{where}: {exc.code} ({exc.message})") from exc
-    except OSError as exc:  # urllib3's connection errors are OSErrors too
-        raise ModelSourceError(f"{where}: cannot reach the object store ({exc})") from exc
+        download_file(conn, where, path, expected_sha256=sha256)
+    except ModelIntegrityError:
+        raise  # tampered bytes or disagreeing checksums: an integrity refusal, not an unreachable store
+    except ObjectStoreError as exc:
+        raise ModelSourceError(f"{where}: {exc.problem}") from exc
     return ModelRecord(uri=uri, sha256=sha256, model_version=model_version, path=path)
 
 
-def _read_s3_sidecar(client: Minio, bucket: str, key: str) -> str | None:
+def _read_s3_sidecar(conn: S3Connection, sidecar_uri: str) -> str | None:
     try:
-        response = client.get_object(bucket, key)
-    except S3Error as exc:
+        text = read_object(conn, sidecar_uri, limit=4096).decode("utf-8", errors="replace")
+    except ObjectStoreError as exc:
         if exc.code == "NoSuchKey":
             return None
         raise
-    try:
-        text = response.read(4096).decode("utf-8", errors="replace")
-    finally:
-        response.close()
-        response.release_conn()
-    return _sidecar_digest(text, f"s3://{bucket}/{key}")
+    return _sidecar_digest(text, sidecar_uri)
 
 
 def resolve_registry(
