@@ -207,9 +207,14 @@ def register(
     val_trips: Input[Dataset],
     mlflow_run: Input[Artifact],
     model_name: str,
+    model_store_uri: str,
     summary: Output[Artifact],
 ) -> None:
-    """Register the winner in MLflow when the gate passed; writes the run's summary."""
+    """Register the winner in MLflow when the gate passed; writes the run's summary.
+
+    With a ``model_store_uri`` (s3://models/<model_name>) the model file is
+    uploaded there first, for the cluster's predictor to load.
+    """
     import json
 
     from components.steps import register_step
@@ -223,6 +228,7 @@ def register(
         tracking_uri=mlflow_run.metadata["tracking_uri"],
         parent_run_id=mlflow_run.metadata["run_id"],
         model_name=model_name,
+        model_store_uri=model_store_uri,
     )
     registration = result["registration"]
     summary.metadata.update(
@@ -238,12 +244,15 @@ def deploy(
     mlflow_run: Input[Artifact],
     model_name: str,
     deployment_state_path: str,
+    inference_service: str,
+    inference_namespace: str,
     canary_percent: int,
 ) -> str:
     """Roll the newly registered version out as a canary (the first one ever as champion).
 
-    Local runs pass the deployment state file that ``taxi-mlops serve`` follows;
-    with no state file (an empty path) nothing is deployed here.
+    On a cluster (``inference_service`` names the InferenceService) through the
+    Kubernetes API; local runs pass the deployment state file that
+    ``taxi-mlops serve`` follows. With neither, nothing is deployed here.
     """
     import json
 
@@ -257,5 +266,7 @@ def deploy(
         parent_run_id=mlflow_run.metadata["run_id"],
         model_name=model_name,
         deployment_state_path=deployment_state_path,
+        inference_service=inference_service,
+        inference_namespace=inference_namespace,
         canary_percent=canary_percent,
     )

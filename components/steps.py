@@ -213,12 +213,18 @@ def register_step(
     tracking_uri: str,
     parent_run_id: str,
     model_name: str,
+    model_store_uri: str = "",
 ) -> dict[str, Any]:
-    """Register the winner when the gate passed; returns the run's summary (evaluation + registration)."""
+    """Register the winner when the gate passed; returns the run's summary (evaluation + registration).
+
+    With ``model_store_uri`` the file goes to the model store (S3 credentials
+    from the environment) before the version exists; empty means local mode.
+    """
     from components import tracking
     from components.duration_model import load_duration_model
     from components.ingest import read_clean_trips
     from components.register import register_winner
+    from components.tlc_source import S3Connection
 
     winner = load_duration_model(winner_path, expected_sha256=None)
     registration = register_winner(
@@ -233,6 +239,8 @@ def register_step(
             "rmse": f"{evaluation['gate']['challenger_rmse']:.6f}",
             "pipeline_run": parent_run_id,
         },
+        model_store_uri=model_store_uri,
+        s3=S3Connection.from_env() if model_store_uri else None,
     )
     tracking.log_run_values(
         tracking_uri,
@@ -256,11 +264,29 @@ def deploy_step(
     model_name: str,
     deployment_state_path: str,
     canary_percent: int,
+    inference_service: str = "",
+    inference_namespace: str = "",
 ) -> str:
-    """Deploy what register registered, locally; returns one sentence saying what happened."""
+    """Deploy what register registered; returns one sentence saying what happened.
+
+    ``inference_service`` set: through the Kubernetes API with the pod's service
+    account (the deployer Role), in ``inference_namespace``. Else to the local
+    deployment state file, if one is given.
+    """
     version = registration.get("model_version")
     if not version:
         message = "nothing registered, nothing to deploy"
+    elif inference_service:
+        from serving.cluster_rollout import ClusterTarget, connect, deploy_version
+        from serving.kserve_deploy import NAMESPACE, IsvcRef
+
+        target = ClusterTarget(
+            api=connect(in_cluster=True),
+            tracking_uri=tracking_uri,
+            model_name=model_name,
+            ref=IsvcRef(inference_service, inference_namespace or NAMESPACE),
+        )
+        message = deploy_version(target, str(version), int(canary_percent)).message
     elif not deployment_state_path:
         message = f"version {version} registered; no deployment target given, not deployed"
     else:

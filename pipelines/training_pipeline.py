@@ -2,12 +2,20 @@
 
 Wiring only; every step's logic lives in ``components``. Compile it with
 ``taxi-mlops compile -o pipeline.yaml`` or ``python -m pipelines.training_pipeline``.
+
+One pipeline definition serves two builds: ``build_pipeline`` takes the
+parameter defaults, a pipeline root and a function applied to every task, so
+the cluster build (``pipelines.cluster_pipeline``: MinIO pipeline root, S3
+secret as env, pull policy) is this very graph with other settings, not a copy.
 """
 
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import List  # noqa: UP035 - KFP's signature parser wants typing.List
 
 from kfp import compiler, dsl
+from kfp.dsl.base_component import BaseComponent
 
 from components.candidates import CANDIDATES
 from components.kfp_components import (
@@ -24,102 +32,144 @@ from components.kfp_components import (
 PIPELINE_NAME = "taxi-trip-duration-training"
 TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 DEFAULT_CANDIDATES: list[dict] = [{"name": name, "params": {}} for name in CANDIDATES]
+TaskSettings = Callable[[dsl.PipelineTask], object]
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description=(
-        "Train trip-duration candidates on one TLC month, gate the best against the champion, register it."
-    ),
-)
-def training_pipeline(
-    color: str = "green",
-    train_month: str = "2021-01",
-    val_month: str = "2021-02",
-    candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006 - KFP reads the default as data
-    min_improvement: float = 0.01,
-    tracking_uri: str = "http://mlflow.taxi-mlops.svc.cluster.local:5000",
-    experiment: str = "taxi-trip-duration",
-    model_name: str = "taxi-trip-duration",
-    run_name: str = "",
-    data_dir: str = "",
-    s3_uri: str = "",
-    cache_dir: str = "",
-    tlc_base_url: str = TLC_BASE_URL,
-    deployment_state_path: str = "",
-    canary_percent: int = 20,
-) -> None:
-    """Hyperparameters travel inside ``candidates``.
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """Defaults of the parameters that differ between a local and a cluster build."""
 
-    For example ``[{"name": "ridge", "params": {"alpha": 0.5}}, {"name": "xgboost", "params": {}}]``.
-    """
-    closer = close_tracking_run(
-        tracking_uri=tracking_uri, experiment=experiment, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    ).set_display_name("close-mlflow-run")
-    with dsl.ExitHandler(closer, name="tracked-run"):
-        opened = open_tracking_run(
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            run_name=run_name,
-            kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            color=color,
-            train_month=train_month,
-            val_month=val_month,
-        ).set_display_name("open-mlflow-run")
+    tracking_uri: str = "http://mlflow.taxi-mlops.svc.cluster.local:5000"
+    model_store_uri: str = ""  # empty: local mode, nothing uploaded
+    inference_service: str = ""  # empty: deploy to the local deployment state (if given)
+    inference_namespace: str = "taxi-mlops"
 
-        source = {
-            "data_dir": data_dir,
-            "s3_uri": s3_uri,
-            "cache_dir": cache_dir,
-            "tlc_base_url": tlc_base_url,
-        }
-        train_trips = ingest(color=color, month=train_month, **source).set_display_name("ingest-train-month")
-        val_trips = ingest(color=color, month=val_month, **source).set_display_name("ingest-validation-month")
 
-        features = vectorize(
-            train_trips=train_trips.outputs["trips"], val_trips=val_trips.outputs["trips"]
-        ).set_display_name("vectorize")
+def _as_is(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    return task
 
-        with dsl.ParallelFor(candidates, name="candidates") as candidate:
-            fitted = train(
-                candidate=candidate,
-                train_matrix=features.outputs["train_matrix"],
-                val_matrix=features.outputs["val_matrix"],
-                vectorizer=features.outputs["vectorizer"],
+
+def build_pipeline(
+    defaults: PipelineDefaults = PipelineDefaults(),
+    configure_task: TaskSettings = _as_is,
+    pipeline_root: str | None = None,
+) -> BaseComponent:
+    """The pipeline with these defaults; ``configure_task`` is applied to every task."""
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=(
+            "Train trip-duration candidates on one TLC month, gate the best against the champion, "
+            "register it and deploy it as a canary."
+        ),
+        pipeline_root=pipeline_root,
+    )
+    def training_pipeline(
+        color: str = "green",
+        train_month: str = "2021-01",
+        val_month: str = "2021-02",
+        candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006 - KFP reads the default as data
+        min_improvement: float = 0.01,
+        tracking_uri: str = defaults.tracking_uri,
+        experiment: str = "taxi-trip-duration",
+        model_name: str = "taxi-trip-duration",
+        run_name: str = "",
+        data_dir: str = "",
+        s3_uri: str = "",
+        cache_dir: str = "",
+        tlc_base_url: str = TLC_BASE_URL,
+        model_store_uri: str = defaults.model_store_uri,
+        deployment_state_path: str = "",
+        inference_service: str = defaults.inference_service,
+        inference_namespace: str = defaults.inference_namespace,
+        canary_percent: int = 20,
+    ) -> None:
+        """Hyperparameters travel inside ``candidates``.
+
+        For example ``[{"name": "ridge", "params": {"alpha": 0.5}}, {"name": "xgboost", "params": {}}]``.
+        """
+        closer = close_tracking_run(
+            tracking_uri=tracking_uri, experiment=experiment, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        ).set_display_name("close-mlflow-run")
+        with dsl.ExitHandler(closer, name="tracked-run"):
+            opened = open_tracking_run(
+                tracking_uri=tracking_uri,
+                experiment=experiment,
+                run_name=run_name,
+                kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                color=color,
+                train_month=train_month,
+                val_month=val_month,
+            ).set_display_name("open-mlflow-run")
+
+            source = {
+                "data_dir": data_dir,
+                "s3_uri": s3_uri,
+                "cache_dir": cache_dir,
+                "tlc_base_url": tlc_base_url,
+            }
+            train_trips = ingest(color=color, month=train_month, **source).set_display_name(
+                "ingest-train-month"
+            )
+            val_trips = ingest(color=color, month=val_month, **source).set_display_name(
+                "ingest-validation-month"
+            )
+
+            features = vectorize(
+                train_trips=train_trips.outputs["trips"], val_trips=val_trips.outputs["trips"]
+            ).set_display_name("vectorize")
+
+            with dsl.ParallelFor(candidates, name="candidates") as candidate:
+                fitted = train(
+                    candidate=candidate,
+                    train_matrix=features.outputs["train_matrix"],
+                    val_matrix=features.outputs["val_matrix"],
+                    vectorizer=features.outputs["vectorizer"],
+                    mlflow_run=opened.outputs["mlflow_run"],
+                ).set_display_name("train-candidate")
+
+            evaluated = evaluate(
+                models=dsl.Collected(fitted.outputs["model"]),
+                val_trips=val_trips.outputs["trips"],
                 mlflow_run=opened.outputs["mlflow_run"],
-            ).set_display_name("train-candidate")
+                model_name=model_name,
+                min_improvement=min_improvement,
+                color=color,
+                train_month=train_month,
+                val_month=val_month,
+            ).set_display_name("evaluate-and-gate")
 
-        evaluated = evaluate(
-            models=dsl.Collected(fitted.outputs["model"]),
-            val_trips=val_trips.outputs["trips"],
-            mlflow_run=opened.outputs["mlflow_run"],
-            model_name=model_name,
-            min_improvement=min_improvement,
-            color=color,
-            train_month=train_month,
-            val_month=val_month,
-        ).set_display_name("evaluate-and-gate")
+            registered = register(
+                winner=evaluated.outputs["winner"],
+                evaluation=evaluated.outputs["evaluation"],
+                val_trips=val_trips.outputs["trips"],
+                mlflow_run=opened.outputs["mlflow_run"],
+                model_name=model_name,
+                model_store_uri=model_store_uri,
+            ).set_display_name("register")
 
-        registered = register(
-            winner=evaluated.outputs["winner"],
-            evaluation=evaluated.outputs["evaluation"],
-            val_trips=val_trips.outputs["trips"],
-            mlflow_run=opened.outputs["mlflow_run"],
-            model_name=model_name,
-        ).set_display_name("register")
+            deployed = deploy(
+                summary=registered.outputs["summary"],
+                mlflow_run=opened.outputs["mlflow_run"],
+                model_name=model_name,
+                deployment_state_path=deployment_state_path,
+                inference_service=inference_service,
+                inference_namespace=inference_namespace,
+                canary_percent=canary_percent,
+            ).set_display_name("deploy-canary")
 
-        deployed = deploy(
-            summary=registered.outputs["summary"],
-            mlflow_run=opened.outputs["mlflow_run"],
-            model_name=model_name,
-            deployment_state_path=deployment_state_path,
-            canary_percent=canary_percent,
-        ).set_display_name("deploy-canary")
+        # Tasks that talk to MLflow must run every time: a cached result would point
+        # at another run's MLflow entries.
+        for task in (closer, opened, fitted, evaluated, registered, deployed):
+            task.set_caching_options(False)
+        tasks = (closer, opened, train_trips, val_trips, features, fitted, evaluated, registered, deployed)
+        for task in tasks:
+            configure_task(task)
 
-    # Tasks that talk to MLflow must run every time: a cached result would point
-    # at another run's MLflow entries.
-    for task in (closer, opened, fitted, evaluated, registered, deployed):
-        task.set_caching_options(False)
+    return training_pipeline
+
+
+training_pipeline = build_pipeline()
 
 
 def compile_pipeline(path: str) -> str:

@@ -45,10 +45,17 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
         "run_name": "STRING",
         "deployment_state_path": "STRING",
         "canary_percent": "NUMBER_INTEGER",
+        "model_store_uri": "STRING",
+        "inference_service": "STRING",
+        "inference_namespace": "STRING",
     }
     assert {name: spec["parameterType"] for name, spec in params.items()} == expected
     assert params["color"]["defaultValue"] == "green"
     assert params["min_improvement"]["defaultValue"] == pytest.approx(0.01)
+    # The local build uploads nothing and deploys to no InferenceService unless told to.
+    assert params["model_store_uri"]["defaultValue"] == ""
+    assert params["inference_service"]["defaultValue"] == ""
+    assert params["inference_namespace"]["defaultValue"] == "taxi-mlops"
     default_candidates = params["candidates"]["defaultValue"]
     assert [item["name"] for item in default_candidates] == list(CANDIDATES)
     assert {"linear_regression", "lasso", "ridge", "xgboost"} <= set(CANDIDATES)
@@ -132,3 +139,93 @@ def test_python_module_compiles_too(tmp_path: Path, monkeypatch):
     target = tmp_path / "p.yaml"
     compile_pipeline(str(target))
     assert yaml.safe_load(target.read_text())["pipelineInfo"]["name"] == PIPELINE_NAME
+
+
+# --------------------------------------------------------------------------- the cluster build
+
+EXPECTED_EXECUTORS = {
+    "exec-open-tracking-run",
+    "exec-close-tracking-run",
+    "exec-ingest",
+    "exec-ingest-2",
+    "exec-vectorize",
+    "exec-train",
+    "exec-evaluate",
+    "exec-register",
+    "exec-deploy",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_docs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The cluster build as `taxi-mlops compile --cluster` writes it: the IR and its platform spec."""
+    output = tmp_path_factory.mktemp("ir") / "cluster.yaml"
+    result = CliRunner().invoke(main, ["compile", "--cluster", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    return list(yaml.safe_load_all(output.read_text()))
+
+
+def test_cluster_build_is_the_same_graph_with_cluster_defaults(cluster_docs, pipeline_ir):
+    ir = cluster_docs[0]
+    assert ir["pipelineInfo"]["name"] == PIPELINE_NAME
+    assert ir["root"]["dag"] == pipeline_ir["root"]["dag"]
+    assert ir["components"].keys() == pipeline_ir["components"].keys()
+    assert ir["defaultPipelineRoot"] == "s3://kfp-artifacts/pipeline-root"
+    params = ir["root"]["inputDefinitions"]["parameters"]
+    assert params.keys() == pipeline_ir["root"]["inputDefinitions"]["parameters"].keys()
+    assert params["tracking_uri"]["defaultValue"] == "http://mlflow.taxi-mlops.svc.cluster.local:5000"
+    assert params["model_store_uri"]["defaultValue"] == "s3://models/taxi-trip-duration"
+    assert params["inference_service"]["defaultValue"] == "taxi-duration"
+    assert params["inference_namespace"]["defaultValue"] == "taxi-mlops"
+    assert params["deployment_state_path"]["defaultValue"] == ""
+
+
+def test_cluster_build_runs_every_task_in_the_project_image_with_minio_env(cluster_docs):
+    executors = cluster_docs[0]["deploymentSpec"]["executors"]
+    assert set(executors) == EXPECTED_EXECUTORS
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == PIPELINE_IMAGE == "docker.io/taxi-mlops/pipeline:0.1.0", name
+        assert container["env"] == [
+            {"name": "S3_ENDPOINT_URL", "value": "http://minio.taxi-mlops.svc.cluster.local:9000"}
+        ], name
+
+
+def test_cluster_build_gives_every_task_the_s3_secret_and_pull_policy(cluster_docs):
+    assert len(cluster_docs) == 2
+    platform = cluster_docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == EXPECTED_EXECUTORS
+    for name, config in platform.items():
+        assert config["imagePullPolicy"] == "IfNotPresent", name
+        assert len(config["secretAsEnv"]) == 1, name
+        secret = config["secretAsEnv"][0]
+        assert secret["secretNameParameter"] == {"runtimeValue": {"constant": "taxi-mlops-s3"}}, name
+        assert secret["optional"] is False, name
+        assert secret["keyToEnv"] == [
+            {"secretKey": "AWS_ACCESS_KEY_ID", "envVar": "AWS_ACCESS_KEY_ID"},
+            {"secretKey": "AWS_SECRET_ACCESS_KEY", "envVar": "AWS_SECRET_ACCESS_KEY"},
+        ], name
+
+
+def test_local_build_has_no_cluster_settings(tmp_path: Path):
+    from pipelines.training_pipeline import compile_pipeline
+
+    docs = list(yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "p.yaml"))).read_text()))
+    assert len(docs) == 1  # no platform spec
+    assert "defaultPipelineRoot" not in docs[0]
+    for executor in docs[0]["deploymentSpec"]["executors"].values():
+        assert "env" not in executor["container"]
+
+
+def test_deploy_and_register_receive_the_cluster_parameters(cluster_docs):
+    body = _dag_tasks(cluster_docs[0], "comp-exit-handler-1")
+    deploy_inputs = body["deploy"]["inputs"]["parameters"]
+    assert (
+        deploy_inputs["inference_service"]["componentInputParameter"] == "pipelinechannel--inference_service"
+    )
+    assert (
+        deploy_inputs["inference_namespace"]["componentInputParameter"]
+        == "pipelinechannel--inference_namespace"
+    )
+    register_inputs = body["register"]["inputs"]["parameters"]
+    assert register_inputs["model_store_uri"]["componentInputParameter"] == "pipelinechannel--model_store_uri"
