@@ -128,13 +128,114 @@ def run(
     default=Path("training_pipeline.yaml"),
     show_default=True,
 )
-def compile_command(output: Path) -> None:
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="The cluster build: MinIO pipeline root, S3 secret as env, in-cluster MLflow/model store/"
+    "InferenceService defaults.",
+)
+def compile_command(output: Path, cluster: bool) -> None:
     """Compile the training pipeline to KFP IR YAML (upload it in the KFP UI or with `kfp`)."""
-    from pipelines.training_pipeline import compile_pipeline
-
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(output))
+    if cluster:
+        from pipelines.cluster_pipeline import compile_cluster_pipeline
+
+        compile_cluster_pipeline(str(output))
+    else:
+        from pipelines.training_pipeline import compile_pipeline
+
+        compile_pipeline(str(output))
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="http://localhost:8880",
+    show_default=True,
+    help="KFP UI or API address (the kind cluster maps the KFP UI, which proxies the API, to 8880).",
+)
+@click.option("--experiment", default="taxi-trip-duration", show_default=True, help="KFP experiment.")
+@click.option("--run-name", default="", help="Run (or recurring run) name; KFP picks one by default.")
+@click.option(
+    "--schedule",
+    default="",
+    metavar="CRON",
+    help="Start a recurring run instead: KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'.",
+)
+@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
+@click.option("--train-month", default="2021-01", show_default=True, metavar="YYYY-MM")
+@click.option("--val-month", default="2021-02", show_default=True, metavar="YYYY-MM")
+@click.option(
+    "--candidates",
+    "candidate_names",
+    default=",".join(CANDIDATES),
+    show_default=True,
+    help="Comma-separated candidate models to train in parallel.",
+)
+@click.option(
+    "--param",
+    "param_overrides",
+    multiple=True,
+    metavar="MODEL.NAME=VALUE",
+    help="Hyperparameter override (VALUE is JSON). Repeatable.",
+)
+@click.option(
+    "--min-improvement",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Gate margin: relative RMSE improvement the winner needs over the champion.",
+)
+@click.option(
+    "--canary-percent",
+    type=click.IntRange(1, 100),
+    default=20,
+    show_default=True,
+    help="Traffic share for a newly registered challenger on the InferenceService.",
+)
+@click.option("--s3-uri", default="", help="Read TLC files from s3://bucket/prefix (e.g. s3://tlc-data).")
+@click.option("--no-deploy", is_flag=True, help="Register only; leave the InferenceService as it is.")
+def submit(
+    host: str,
+    experiment: str,
+    run_name: str,
+    schedule: str,
+    color: str,
+    train_month: str,
+    val_month: str,
+    candidate_names: str,
+    param_overrides: tuple[str, ...],
+    min_improvement: float,
+    canary_percent: int,
+    s3_uri: str,
+    no_deploy: bool,
+) -> None:
+    """Compile the cluster pipeline and start it on Kubeflow Pipelines (now, or on a --schedule)."""
+    from pipelines.submit import Submission
+    from pipelines.submit import submit as submit_to_kfp
+
+    settings = Settings.from_env()
+    arguments: dict[str, Any] = {
+        "color": color,
+        "train_month": train_month,
+        "val_month": val_month,
+        "candidates": parse_candidates(candidate_names, param_overrides),
+        "min_improvement": min_improvement,
+        "canary_percent": canary_percent,
+        "experiment": settings.experiment,
+        "model_name": settings.model_name,
+    }
+    if s3_uri:
+        arguments["s3_uri"] = s3_uri
+    if no_deploy:
+        arguments["inference_service"] = ""
+    try:
+        submitted = submit_to_kfp(Submission(host, experiment, arguments, run_name, schedule))
+    except TaxiMlopsError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"started {submitted.kind} {submitted.id}: {submitted.url}")
 
 
 def _rollout_target(settings: Settings) -> Any:
@@ -156,13 +257,58 @@ def _state_dir_option(command: Any) -> Any:
     )(command)
 
 
+def _cluster_options(command: Any) -> Any:
+    """--cluster and how to reach it, shared by deploy/promote/rollback/status."""
+    from serving.kserve_deploy import NAMESPACE
+
+    options = [
+        click.option(
+            "--cluster",
+            is_flag=True,
+            help="Act on the InferenceService through the Kubernetes API (kubeconfig) instead of the "
+            "local deployment; MLFLOW_TRACKING_URI must point at the cluster's MLflow.",
+        ),
+        click.option("--namespace", default=NAMESPACE, show_default=True, help="With --cluster."),
+        click.option("--kube-context", default=None, help="kubeconfig context (default: the current one)."),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=1),
+            default=600,
+            show_default=True,
+            help="With --cluster: seconds to wait for the InferenceService to be ready.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _cluster_target(settings: Settings, namespace: str, kube_context: str | None, timeout: float) -> Any:
+    from serving.cluster_rollout import ClusterTarget, connect
+    from serving.kserve_deploy import ISVC_NAME, IsvcRef
+
+    if not settings.tracking_uri_from_env:
+        raise click.UsageError(
+            "--cluster needs MLFLOW_TRACKING_URI pointing at the cluster's MLflow, e.g. "
+            "`kubectl -n taxi-mlops port-forward svc/mlflow 5000:5000` and "
+            "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (the local sqlite registry is not the cluster's)"
+        )
+    return ClusterTarget(
+        api=connect(context=kube_context),
+        tracking_uri=settings.tracking_uri,
+        model_name=settings.model_name,
+        ref=IsvcRef(ISVC_NAME, namespace),
+        timeout_seconds=timeout,
+    )
+
+
 def _run_rollout(action: Any) -> None:
     """Run one deployment action; user errors become one red line and exit code 1."""
     from serving.deployment_state import DeploymentStateError
 
     try:
         transition = action()
-    except (TaxiMlopsError, DeploymentStateError, ValueError) as exc:
+    except (TaxiMlopsError, DeploymentStateError, ValueError) as exc:  # ClusterRolloutError included
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
     click.echo(transition.message)
@@ -179,36 +325,88 @@ def _run_rollout(action: Any) -> None:
     help="Share of traffic for the new version while it is a canary (the first deployment takes 100%).",
 )
 @_state_dir_option
-def deploy(model_version: str, canary_percent: int, state_dir: Path | None) -> None:
-    """Deploy a registered version locally: first ever -> champion at 100%, later -> canary."""
+@_cluster_options
+def deploy(
+    model_version: str,
+    canary_percent: int,
+    state_dir: Path | None,
+    cluster: bool,
+    namespace: str,
+    kube_context: str | None,
+    timeout: float,
+) -> None:
+    """Deploy a registered version: first ever -> champion at 100%, later -> canary."""
+    settings = Settings.from_env(state_dir=state_dir)
+    if cluster:
+        from serving import cluster_rollout
+
+        _run_rollout(
+            lambda: cluster_rollout.deploy_version(
+                _cluster_target(settings, namespace, kube_context, timeout), model_version, canary_percent
+            )
+        )
+        return
     from serving.rollout import deploy_version
 
-    target = _rollout_target(Settings.from_env(state_dir=state_dir))
-    _run_rollout(lambda: deploy_version(target, model_version, canary_percent))
+    _run_rollout(lambda: deploy_version(_rollout_target(settings), model_version, canary_percent))
 
 
 @main.command()
 @_state_dir_option
-def promote(state_dir: Path | None) -> None:
+@_cluster_options
+def promote(
+    state_dir: Path | None, cluster: bool, namespace: str, kube_context: str | None, timeout: float
+) -> None:
     """The canary becomes champion (all traffic; the MLflow alias champion moves to it)."""
+    settings = Settings.from_env(state_dir=state_dir)
+    if cluster:
+        from serving import cluster_rollout
+
+        _run_rollout(
+            lambda: cluster_rollout.promote_canary(
+                _cluster_target(settings, namespace, kube_context, timeout)
+            )
+        )
+        return
     from serving.rollout import promote_canary
 
-    _run_rollout(lambda: promote_canary(_rollout_target(Settings.from_env(state_dir=state_dir))))
+    _run_rollout(lambda: promote_canary(_rollout_target(settings)))
 
 
 @main.command()
 @_state_dir_option
-def rollback(state_dir: Path | None) -> None:
+@_cluster_options
+def rollback(
+    state_dir: Path | None, cluster: bool, namespace: str, kube_context: str | None, timeout: float
+) -> None:
     """The canary gets no traffic; the champion and its alias stay."""
+    settings = Settings.from_env(state_dir=state_dir)
+    if cluster:
+        from serving import cluster_rollout
+
+        _run_rollout(
+            lambda: cluster_rollout.rollback_canary(
+                _cluster_target(settings, namespace, kube_context, timeout)
+            )
+        )
+        return
     from serving.rollout import rollback_canary
 
-    _run_rollout(lambda: rollback_canary(_rollout_target(Settings.from_env(state_dir=state_dir))))
+    _run_rollout(lambda: rollback_canary(_rollout_target(settings)))
 
 
 @main.command()
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="Where `serve` listens.")
 @_state_dir_option
-def status(url: str, state_dir: Path | None) -> None:
+@_cluster_options
+def status(
+    url: str,
+    state_dir: Path | None,
+    cluster: bool,
+    namespace: str,
+    kube_context: str | None,
+    timeout: float,
+) -> None:
     """Show the deployed revisions, their traffic share and, if `serve` runs, live per-revision figures."""
     import urllib.error
     import urllib.request
@@ -216,6 +414,17 @@ def status(url: str, state_dir: Path | None) -> None:
     from serving.deployment_state import load_state
 
     settings = Settings.from_env(state_dir=state_dir)
+    if cluster:
+        from serving import cluster_rollout
+
+        try:
+            target = _cluster_target(settings, namespace, kube_context, timeout)
+            for line in cluster_rollout.status(target).lines(target.ref):
+                click.echo(line)
+        except TaxiMlopsError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        return
     state = load_state(settings.deployment_state_path)
     click.echo(f"desired: {state.describe()}")
     try:

@@ -26,6 +26,9 @@ class Settings:
     model_name: str
     cache_dir: Path  # downloaded TLC files, shared by every checkout of the project
     tlc_base_url: str
+    # False when tracking_uri is the local sqlite default: cluster commands refuse it, since
+    # the cluster's registry lives in its own MLflow server.
+    tracking_uri_from_env: bool = False
 
     @property
     def artifact_location(self) -> str:
@@ -61,4 +64,5 @@ class Settings:
             model_name=env.get("TAXI_MLOPS_MODEL_NAME") or DEFAULT_MODEL_NAME,
             cache_dir=Path(env.get("TAXI_MLOPS_CACHE_DIR") or cache_home / "taxi-mlops" / "tlc").expanduser(),
             tlc_base_url=env.get("TAXI_MLOPS_TLC_BASE_URL") or TLC_BASE_URL,
+            tracking_uri_from_env=bool(env.get("MLFLOW_TRACKING_URI")),
         )
