@@ -11,11 +11,14 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 IMAGE ?= docker.io/taxi-mlops/pipeline:0.1.0
 PREDICTOR_IMAGE ?= docker.io/taxi-mlops/predictor:0.1.0
+# Local kind cluster (README "Run on kind"); the KFP UI port is the hostPort in kind-config.yaml.
+KFP_UI_PORT ?= 8880
+SUBMIT_ARGS ?=
 
-.PHONY: install run test lint format compile bench image clean help
+.PHONY: install run test lint format compile bench image clean help cluster-up cluster-down port-forward submit
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +51,18 @@ bench: install ## vectorize+train benchmark against the course's reference imple
 image: ## build the pipeline and predictor images (needs Docker)
 	docker build -t $(IMAGE) .
 	docker build -f serving/Dockerfile --build-arg PIPELINE_IMAGE=$(IMAGE) -t $(PREDICTOR_IMAGE) .
+
+cluster-up: ## kind cluster with KFP, KServe, MinIO, MLflow; builds and loads the images (needs Docker, kind)
+	scripts/cluster/up.sh
+
+cluster-down: ## delete the kind cluster (keeps the generated S3 credentials file)
+	scripts/cluster/down.sh
+
+port-forward: ## MLflow :5000, MinIO S3 :9000 (+ KFP UI :8880, console :9001 if not on NodePorts)
+	scripts/cluster/port-forward.sh
+
+submit: install ## compile the pipeline and start a KFP run on the kind cluster (SUBMIT_ARGS=...)
+	$(BIN)/taxi-mlops submit --host http://localhost:$(KFP_UI_PORT) $(SUBMIT_ARGS)
 
 clean: ## remove local run state (MLflow db, artifacts, KFP outputs)
 	rm -rf .taxi-mlops training_pipeline.yaml
