@@ -56,7 +56,9 @@ class Fault:
     request and closes the connection unanswered; ``cut_request`` passes the headers
     and the first ``after_bytes`` of the body to the store, then closes both sides;
     ``cut_response`` passes the store's headers and the first ``after_bytes`` of its
-    body to the client, then closes.
+    body to the client, then closes; ``truncate_body`` sends the store only the first
+    ``after_bytes`` of the body as a complete request (a store that kept a short
+    upload and said 200) and relays its answer.
     """
 
     kind: str
@@ -96,7 +98,7 @@ class FaultyProxy:
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.connection = replace(upstream, endpoint=f"127.0.0.1:{self._server.server_address[1]}")
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def add(self, fault: Fault) -> FaultyProxy:
@@ -143,6 +145,9 @@ class FaultyProxy:
                     self._forward(head, reader.read(min(length, fault.after_bytes)), None, complete=False)
                     return
                 body = reader.read(length)
+                if fault is not None and fault.kind == "truncate_body":
+                    head, body = _with_content_length(head, fault.after_bytes), body[: fault.after_bytes]
+                    fault = None  # relay the store's answer as is
                 if fault is not None and fault.kind == "drop":
                     return
                 if fault is not None and fault.kind == "status_503":
@@ -215,6 +220,14 @@ def _with_connection_close(head: bytes) -> bytes:
         if not line.lower().startswith((b"connection:", b"keep-alive:"))
     ]
     return b"\r\n".join([*lines, b"Connection: close", b"", b""])
+
+
+def _with_content_length(head: bytes, length: int) -> bytes:
+    lines = [
+        f"Content-Length: {length}".encode() if line.lower().startswith(b"content-length:") else line
+        for line in head.rstrip(b"\r\n").split(b"\r\n")
+    ]
+    return b"\r\n".join([*lines, b"", b""])
 
 
 def _read_all(sock: socket.socket) -> bytes:
