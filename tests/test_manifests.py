@@ -564,15 +564,15 @@ def test_nodeports_match_kind_port_mappings(base: list[dict[str, Any]], kind_ove
     assert set(node_ports) == container_ports
     assert all(m["listenAddress"] == "127.0.0.1" for m in mappings)
     host_port = {m["containerPort"]: m["hostPort"] for m in mappings}
-    assert host_port[30880] == 8880 and node_ports[30880] == (KFP_NS, "ml-pipeline-ui-nodeport")
-    assert host_port[30901] == 9001 and node_ports[30901] == (NS, "minio-console-nodeport")
-    assert host_port[31080] == 8180 and node_ports[31080] == ("kourier-system", "kourier-ingress-nodeport")
+    assert host_port[30080] == 8880 and node_ports[30080] == (KFP_NS, "ml-pipeline-ui-nodeport")
+    assert host_port[30081] == 9001 and node_ports[30081] == (NS, "minio-console-nodeport")
+    assert host_port[30082] == 8180 and node_ports[30082] == ("kourier-system", "kourier-ingress-nodeport")
     assert not [o for o in base if o["kind"] == "Service" and o["spec"].get("type") == "NodePort"]
 
 
 def test_makefile_submit_uses_the_kfp_ui_host_port(kind_config: dict[str, Any]) -> None:
     kfp_host_port = next(
-        m["hostPort"] for m in kind_config["nodes"][0]["extraPortMappings"] if m["containerPort"] == 30880
+        m["hostPort"] for m in kind_config["nodes"][0]["extraPortMappings"] if m["containerPort"] == 30080
     )
     dry_run = subprocess.run(
         ["make", "-n", "submit", "BIN=/venv/bin", "SUBMIT_ARGS=--experiment e1"],
