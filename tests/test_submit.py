@@ -1,0 +1,197 @@
+"""`taxi-mlops submit`: the cluster pipeline reaches Kubeflow Pipelines as a run or a recurring run.
+
+The KFP API is faked (no cluster here): a real HTTP server on 127.0.0.1 that
+the real ``kfp.Client`` talks to, answering the few v2beta1 endpoints it uses
+and recording every request, which the tests assert.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from components.kfp_components import PIPELINE_IMAGE
+from pipelines.cli import main
+from pipelines.training_pipeline import PIPELINE_NAME
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class FakeKfp:
+    requests: list[tuple[str, str, dict[str, list[str]], Any]] = field(default_factory=list)
+    experiments: list[dict] = field(default_factory=list)
+
+    def handle(self, method: str, url: str, body: Any) -> tuple[int, dict]:
+        parts = urlsplit(url)
+        self.requests.append((method, parts.path, parse_qs(parts.query), body))
+        route = (method, parts.path)
+        if route == ("GET", "/apis/v2beta1/healthz"):
+            return 200, {"multi_user": False}
+        if route == ("GET", "/apis/v2beta1/experiments"):
+            wanted = json.loads(parse_qs(parts.query)["filter"][0])["predicates"][0]["stringValue"]
+            found = [e for e in self.experiments if e["display_name"] == wanted]
+            return 200, {"experiments": found, "total_size": len(found)} if found else {}
+        if route == ("POST", "/apis/v2beta1/experiments"):
+            experiment = {"experiment_id": f"exp-{len(self.experiments) + 1}", **body}
+            self.experiments.append(experiment)
+            return 200, experiment
+        if route == ("POST", "/apis/v2beta1/runs"):
+            return 200, {"run_id": "run-1", "display_name": body["display_name"], "state": "PENDING"}
+        if route == ("POST", "/apis/v2beta1/recurringruns"):
+            return 200, {
+                "recurring_run_id": "rr-1",
+                "display_name": body["display_name"],
+                "status": "ENABLED",
+            }
+        return 404, {"error": f"no route {method} {parts.path}", "code": 5}
+
+
+@pytest.fixture
+def fake_kfp(tmp_path, monkeypatch) -> Iterator[tuple[FakeKfp, str]]:
+    # kfp.Client keeps a context file under ~/.config/kfp; keep it out of the real home.
+    from kfp.client import client as kfp_client
+
+    monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp" / "context.json"))
+    fake = FakeKfp()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode() if length else ""
+            code, body = fake.handle(self.command, self.path, json.loads(raw) if raw else None)
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _routes(fake: FakeKfp) -> list[tuple[str, str]]:
+    return [(method, path) for method, path, _, _ in fake.requests]
+
+
+def _check_cluster_spec(body: dict) -> None:
+    """The run carries the cluster build inline: MinIO root, project image, S3 secret on every task."""
+    spec = body["pipeline_spec"]
+    ir = spec["pipeline_spec"]
+    assert ir["pipelineInfo"]["name"] == PIPELINE_NAME
+    assert ir["defaultPipelineRoot"] == "s3://kfp-artifacts/pipeline-root"
+    assert {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()} == {PIPELINE_IMAGE}
+    platform = spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(ir["deploymentSpec"]["executors"])
+    assert {p["secretAsEnv"][0]["secretName"] for p in platform.values()} == {"taxi-mlops-s3"}
+
+
+def test_submit_starts_one_run_with_the_pipeline_parameters(fake_kfp):
+    fake, host = fake_kfp
+    args = ["submit", "--host", host + "/", "--experiment", "nightly", "--run-name", "try-1"]
+    args += [
+        "--candidates",
+        "ridge,xgboost",
+        "--param",
+        "xgboost.n_estimators=50",
+        "--train-month",
+        "2021-03",
+    ]
+    args += [
+        "--val-month",
+        "2021-04",
+        "--color",
+        "yellow",
+        "--canary-percent",
+        "10",
+        "--s3-uri",
+        "s3://tlc-data",
+    ]
+    result = CliRunner().invoke(main, args, env={"TAXI_MLOPS_EXPERIMENT": "", "TAXI_MLOPS_MODEL_NAME": ""})
+    assert result.exit_code == 0, result.output
+    assert f"started run run-1: {host}/#/runs/details/run-1" in result.output
+    assert _routes(fake) == [
+        ("GET", "/apis/v2beta1/healthz"),  # our fast reachability check
+        ("GET", "/apis/v2beta1/healthz"),  # kfp.Client: single- or multi-user?
+        ("GET", "/apis/v2beta1/experiments"),  # the experiment by name: absent
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/runs"),
+    ]
+    assert fake.requests[3][3] == {"display_name": "nightly", "namespace": ""}  # single-user KFP
+    run = fake.requests[4][3]
+    assert run["display_name"] == "try-1"
+    assert run["experiment_id"] == "exp-1"
+    assert run["runtime_config"]["parameters"] == {
+        "color": "yellow",
+        "train_month": "2021-03",
+        "val_month": "2021-04",
+        "candidates": [{"name": "ridge", "params": {}}, {"name": "xgboost", "params": {"n_estimators": 50}}],
+        "min_improvement": 0.01,
+        "canary_percent": 10,
+        "experiment": "taxi-trip-duration",
+        "model_name": "taxi-trip-duration",
+        "s3_uri": "s3://tlc-data",
+    }
+    _check_cluster_spec(run)
+
+
+def test_submit_with_a_schedule_creates_a_recurring_run(fake_kfp):
+    fake, host = fake_kfp
+    fake.experiments.append({"experiment_id": "exp-7", "display_name": "taxi-trip-duration"})
+    args = ["submit", "--host", host, "--schedule", "0 0 3 * * *", "--candidates", "ridge", "--no-deploy"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"started recurring run rr-1: {host}/#/recurringrun/details/rr-1" in result.output
+    assert _routes(fake) == [
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/experiments"),  # found: not created again
+        ("POST", "/apis/v2beta1/recurringruns"),
+    ]
+    recurring = fake.requests[3][3]
+    assert recurring["experiment_id"] == "exp-7"
+    assert recurring["display_name"] == f"{PIPELINE_NAME} (0 0 3 * * *)"
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+    assert recurring["mode"] == "ENABLE"
+    assert recurring["max_concurrency"] == 1  # never two runs at once: they share the champion
+    assert recurring["no_catchup"] is True
+    assert recurring["runtime_config"]["parameters"]["inference_service"] == ""  # --no-deploy
+    _check_cluster_spec(recurring)
+
+
+def test_a_five_field_cron_is_refused_before_any_request(fake_kfp):
+    fake, host = fake_kfp
+    result = CliRunner().invoke(main, ["submit", "--host", host, "--schedule", "0 3 * * *"])
+    assert result.exit_code == 1
+    assert "KFP cron has 6 fields, seconds first" in result.output
+    assert fake.requests == []
+
+
+def test_an_unreachable_kfp_is_one_clear_line():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(main, ["submit", "--host", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: cannot reach the KFP API at http://127.0.0.1:{port} (")
+    assert "http://localhost:8880" in result.output
