@@ -109,9 +109,16 @@ class CategoryEncodedBooster(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X: Any) -> np.ndarray:
+        return self.predict_encoded(self.encode(X))
+
+    def encode(self, X: Any) -> np.ndarray:
+        """The dense columns the booster sees: per-group encodings, then the raw numeric columns."""
         layout = self._layout()
         matrix = self._check_matrix(X)
-        encoded = self._encode(_row_levels(matrix, layout), _numeric_block(matrix, layout), self.stats_)
+        return self._encode(_row_levels(matrix, layout), _numeric_block(matrix, layout), self.stats_)
+
+    def predict_encoded(self, encoded: np.ndarray) -> np.ndarray:
+        """Predictions for rows :meth:`encode` produced (a serving lookup may have tabled them)."""
         return np.asarray(self.booster_.predict(encoded), dtype=np.float64)
 
     # -- encoding ----------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The KServe predictor: validated trips in, ``TripDurationModel.predict`` minutes out.
 
 Nothing here computes a feature: requests are parsed by ``serving.trip_request``
-and handed to the model file's own ``predict``, which applies the one feature
-function training used. So an answer from this server is, bit for bit, the
-number the registered model gives for the same trips.
+and answered by the model file's own ``predict``, which applies the one feature
+function training used -- or, for speed, by a ``components.pair_lookup`` table
+built at load time from that same function and vectorizer over every zone pair
+the validator admits, and checked against ``predict`` on all of them before it
+serves. So an answer from this server is, bit for bit, the number the
+registered model gives for the same trips.
 
 Every answer carries the served version (``x-model-version`` header, v2
 ``model_version``), and the Prometheus metrics on ``/metrics`` are labelled
@@ -23,8 +26,17 @@ from kserve.utils.utils import generate_uuid
 from prometheus_client import Counter, Gauge, Histogram
 
 from components.duration_model import TripDurationModel
+from components.pair_lookup import PairLookup, PairLookupError
 from serving.model_source import ModelRecord, load_model
-from serving.trip_request import DEFAULT_LIMITS, RequestLimits, TripRequestError, parse_request
+from serving.trip_request import (
+    DEFAULT_LIMITS,
+    MAX_LOCATION_ID,
+    MIN_LOCATION_ID,
+    RequestLimits,
+    TripBatch,
+    TripRequestError,
+    parse_request,
+)
 
 DEFAULT_MODEL_NAME: Final = "duration"
 #: The one v2 output: trip duration in minutes, FP64, shape [n].
@@ -76,6 +88,7 @@ class TripDurationPredictor(kserve.Model):
         self.limits = limits
         self.record: ModelRecord | None = None
         self._model: TripDurationModel | None = None
+        self._lookup: PairLookup | None = None
 
     def load(self) -> bool:
         """Fetch and verify the model; ready only once it is loaded.
@@ -91,6 +104,7 @@ class TripDurationPredictor(kserve.Model):
             tracking_uri=self.spec.tracking_uri,
         )
         self._model, self.record = loaded.model, loaded.record
+        self._lookup = _build_lookup(loaded.model)
         version = self.record.version_label
         MODEL_INFO.labels(self.name, version, self.record.sha256).set(1)
         # Create the series now, so a scrape before the first request already shows this version.
@@ -127,7 +141,7 @@ class TripDurationPredictor(kserve.Model):
         except TripRequestError:
             REQUESTS.labels(self.name, version, "invalid").inc()
             raise
-        minutes = self._model.predict(trips)
+        minutes = self._minutes(trips)
         LATENCY.labels(self.name, version).observe(time.perf_counter() - started)
         PREDICTIONS.labels(self.name, version).inc(len(minutes))
         REQUESTS.labels(self.name, version, "ok").inc()
@@ -136,6 +150,12 @@ class TripDurationPredictor(kserve.Model):
         if isinstance(payload, InferRequest):
             return self._v2_response(payload, minutes)
         return {"predictions": minutes.tolist()}
+
+    def _minutes(self, trips: TripBatch) -> Any:
+        assert self._model is not None
+        if self._lookup is not None and self._lookup.covers(trips.pickup, trips.dropoff):
+            return self._lookup.predict(trips.pickup, trips.dropoff, trips.distance)
+        return self._model.predict(trips.frame())
 
     def _v2_response(self, request: InferRequest, minutes: Any) -> InferResponse:
         output = InferOutput(name=OUTPUT_NAME, shape=[len(minutes)], datatype="FP64")
@@ -149,3 +169,12 @@ class TripDurationPredictor(kserve.Model):
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
+
+
+def _build_lookup(model: TripDurationModel) -> PairLookup | None:
+    """The per-zone-pair table, or None (answers then come from ``model.predict``, just slower)."""
+    try:
+        return PairLookup.build(model, MIN_LOCATION_ID, MAX_LOCATION_ID)
+    except PairLookupError as exc:
+        kserve.logging.logger.warning("serving without the zone-pair lookup: %s", exc)
+        return None

@@ -1,4 +1,4 @@
-"""Request bodies in, a validated trips frame out: the predictor's input contract.
+"""Request bodies in, validated trips out: the predictor's input contract.
 
 The model itself would happily featurize a string id, a negative distance or
 NaN (``trip_features`` leaves cleaning to the cleaning step), and answer with
@@ -153,14 +153,28 @@ def _check_batch_size(n_rows: int, field: str, limits: RequestLimits) -> None:
         )
 
 
-def _frame(pu: list[int], do: list[int], distance: list[float]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "PULocationID": np.asarray(pu, dtype=np.int64),
-            "DOLocationID": np.asarray(do, dtype=np.int64),
-            "trip_distance": np.asarray(distance, dtype=np.float64),
-        },
-        columns=list(FEATURE_FIELDS),
+@dataclass(frozen=True)
+class TripBatch:
+    """Validated trips as arrays: zone ids (int64) and distances in miles (float64)."""
+
+    pickup: np.ndarray
+    dropoff: np.ndarray
+    distance: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pickup)
+
+    def frame(self) -> pd.DataFrame:
+        """The trips as the DataFrame ``TripDurationModel.predict`` takes."""
+        return pd.DataFrame(
+            {"PULocationID": self.pickup, "DOLocationID": self.dropoff, "trip_distance": self.distance},
+            columns=list(FEATURE_FIELDS),
+        )
+
+
+def _batch(pu: list[int], do: list[int], distance: list[float]) -> TripBatch:
+    return TripBatch(
+        np.asarray(pu, dtype=np.int64), np.asarray(do, dtype=np.int64), np.asarray(distance, dtype=np.float64)
     )
 
 
@@ -172,8 +186,8 @@ def _decode_json(body: bytes | str) -> Any:
         raise TripRequestError(f"body is not JSON ({exc}); send application/json") from exc
 
 
-def parse_v1(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> pd.DataFrame:
-    """Trips frame from a v1 body ``{"instances": [{...}, ...]}`` (decoded by KServe, or raw bytes)."""
+def parse_v1(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> TripBatch:
+    """Trips from a v1 body ``{"instances": [{...}, ...]}`` (decoded by KServe, or raw bytes)."""
     if isinstance(payload, (bytes, str)):
         payload = _decode_json(payload)
     if not isinstance(payload, Mapping):
@@ -201,7 +215,7 @@ def parse_v1(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> pd.DataFra
         pu.append(location_id(instance["PULocationID"], "PULocationID", row))
         do.append(location_id(instance["DOLocationID"], "DOLocationID", row))
         distance.append(trip_distance(instance[_DISTANCE_FIELD], _DISTANCE_FIELD, row))
-    return _frame(pu, do, distance)
+    return _batch(pu, do, distance)
 
 
 def _v2_values(infer_input: InferInput) -> Sequence[Any]:
@@ -224,8 +238,8 @@ def _v2_values(infer_input: InferInput) -> Sequence[Any]:
     return values
 
 
-def parse_v2(request: InferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> pd.DataFrame:
-    """Trips frame from a v2 ``InferRequest`` with inputs PULocationID, DOLocationID, trip_distance."""
+def parse_v2(request: InferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> TripBatch:
+    """Trips from a v2 ``InferRequest`` with inputs PULocationID, DOLocationID, trip_distance."""
     by_name: dict[str, InferInput] = {}
     for infer_input in request.inputs:
         if infer_input.name in by_name:
@@ -246,7 +260,7 @@ def parse_v2(request: InferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> p
     pu = [location_id(v, "PULocationID", row) for row, v in enumerate(columns["PULocationID"])]
     do = [location_id(v, "DOLocationID", row) for row, v in enumerate(columns["DOLocationID"])]
     distance = [trip_distance(v, _DISTANCE_FIELD, row) for row, v in enumerate(columns[_DISTANCE_FIELD])]
-    return _frame(pu, do, distance)
+    return _batch(pu, do, distance)
 
 
 class TripDataPlane(DataPlane):
@@ -279,8 +293,8 @@ class TripDataPlane(DataPlane):
             return super().decode(lenient, headers, protocol_version, model_name)
 
 
-def parse_request(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> pd.DataFrame:
-    """Trips frame from either protocol: ``InferRequest`` is v2, anything else is a v1 body."""
+def parse_request(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> TripBatch:
+    """Trips from either protocol: ``InferRequest`` is v2, anything else is a v1 body."""
     if isinstance(payload, InferRequest):
         return parse_v2(payload, limits)
     return parse_v1(payload, limits)

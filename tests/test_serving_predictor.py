@@ -654,7 +654,9 @@ def test_v2_numpy_backed_inputs_are_checked_too(built: Built):
             tensor("trip_distance", distance, "FP64"),
         ],
     )
-    np.testing.assert_array_equal(built.model.predict(parse_v2(request)), built.model.predict(records))
+    np.testing.assert_array_equal(
+        built.model.predict(parse_v2(request).frame()), built.model.predict(records)
+    )
     request.inputs[2].set_data_from_numpy(np.array([distance[0], np.inf]), binary_data=False)
     with pytest.raises(TripRequestError, match=r"trip_distance \(row 1\): must be a finite number"):
         parse_v2(request)
