@@ -5,7 +5,8 @@ Three sources, in order of preference:
 1. ``data_dir``: a file, or a folder holding ``{color}_tripdata_{YYYY-MM}.parquet``
    (air-gapped clusters, tests, the course's ``data/`` folder);
 2. ``s3_uri``: ``s3://bucket/prefix`` on MinIO/S3, fetched with the ``minio`` client
-   (the in-cluster mirror a KFP run reads from);
+   through ``components.object_store`` (retried, size-checked; the in-cluster mirror
+   a KFP run reads from);
 3. the public TLC CloudFront URL, downloaded once into ``cache_dir``.
 
 Downloads land in a temporary file in the destination folder, are checked for the
@@ -29,7 +30,6 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from minio import Minio
-from minio.error import S3Error
 
 from components.errors import IngestError
 from components.tlc_schema import check_request
@@ -195,20 +195,23 @@ def _parse_s3_uri(uri: str, file_name: str) -> tuple[str, str]:
 def _from_s3(conn: S3Connection, bucket: str, key: str, dest: Path) -> ResolvedFile:
     # Always re-fetched: the bucket is the in-cluster source of truth and may be
     # re-uploaded, while a cluster-local transfer is cheap.
+    # object_store builds on S3Connection (defined here), hence the import in the function.
+    from components.object_store import ObjectStoreError, download_file
+
     uri = f"s3://{bucket}/{key}"
-    try:
-        response = conn.client().get_object(bucket, key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _temp_file_beside(dest) as (tmp, tmp_path):
+        tmp.close()
         try:
-            _write_checked(response.stream(_CHUNK), dest, uri)
-        finally:
-            response.close()
-            response.release_conn()
-    except S3Error as exc:
-        rule = "file_not_found" if exc.code in ("NoSuchKey", "NoSuchBucket") else "download_failed"
-        detail = f"S3 error {exc.code}: {exc.message} (endpoint {conn.endpoint})"
-        raise IngestError(uri, rule, detail) from exc
-    except urllib3.exceptions.HTTPError as exc:
-        raise IngestError(uri, "download_failed", f"no S3 response from {conn.endpoint}: {exc}") from exc
+            # Retried and size-checked (sha256 too when the object records one; a plain
+            # `mc mirror` copy does not), then checked for parquet before it becomes dest.
+            download_file(conn, uri, tmp_path, require_sha256=False)
+        except ObjectStoreError as exc:
+            rule = "file_not_found" if exc.missing else "download_failed"
+            detail = f"S3 error {exc.problem} (endpoint {conn.endpoint})" if exc.code else exc.problem
+            raise IngestError(uri, rule, detail) from exc
+        _check_parquet(tmp_path, uri)
+        os.replace(tmp_path, dest)
     return ResolvedFile(path=dest, source=uri, description=f"downloaded {uri} to {dest}")
 
 
@@ -219,13 +222,18 @@ def _write_checked(chunks: Iterable[bytes], dest: Path, source: str) -> None:
         for chunk in chunks:
             tmp.write(chunk)
         tmp.close()
-        if not has_parquet_magic(tmp_path):
-            raise IngestError(
-                source,
-                "corrupt_parquet",
-                f"downloaded body ({tmp_path.stat().st_size} bytes) does not start and end with PAR1",
-            )
+        _check_parquet(tmp_path, source)
         os.replace(tmp_path, dest)
+
+
+def _check_parquet(path: Path, source: str) -> None:
+    """Refuse an HTML error page or a truncated body here, not deep inside pyarrow."""
+    if not has_parquet_magic(path):
+        raise IngestError(
+            source,
+            "corrupt_parquet",
+            f"downloaded body ({path.stat().st_size} bytes) does not start and end with PAR1",
+        )
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from components.object_store import (
 )
 from components.register import register_winner
 from components.registry import SHA256_TAG, STORAGE_URI_TAG
-from components.tlc_source import S3Connection
+from components.tlc_source import S3Connection, resolve_trip_file
 from components.train import fit_candidate
 from components.vectorize import vectorize_trips
 from serving.model_source import load_model, resolve_model
@@ -307,6 +307,20 @@ def test_short_upload_kept_by_the_store_is_removed(
         upload_file(proxy.connection, payload, key, backoff=FAST)
     assert actions(proxy, "PUT") == ["truncate_body"] * 3
     assert not object_exists(store, key)
+
+
+def test_tlc_mirror_download_outlasts_bodies_cut_short(
+    store: S3Connection, proxy: FaultyProxy, tmp_path: Path
+):
+    data = (write_tlc_dir(tmp_path / "tlc") / "green_tripdata_2021-01.parquet").read_bytes()
+    upload_object(store, "tlc-data", "green_tripdata_2021-01.parquet", data)
+    proxy.add(Fault("cut_response", "GET", times=2, after_bytes=100))
+    found = resolve_trip_file(
+        "green", "2021-01", s3_uri="s3://tlc-data", s3=proxy.connection, cache_dir=tmp_path / "cache"
+    )
+    assert found.path.read_bytes() == data
+    assert actions(proxy, "GET") == ["cut_response", "cut_response", "pass"]
+    assert files_in(found.path.parent) == [found.path.name]
 
 
 # ------------------------------------------------------------ model store layout
