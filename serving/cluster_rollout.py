@@ -76,22 +76,20 @@ def deploy_version(target: ClusterTarget, version: str, canary_percent: int) -> 
     isvc = _get(target)
     current = _state(isvc)
     transition = deploy_transition(current, revision, canary_percent)
-    if transition.changed:
-        if isvc is None:
-            body = isvc_body.first_deployment(revision, target.ref)
-            written = _call(target, "create", lambda: _create(target, body))
-        else:
-            assert transition.state.champion is not None
-            patch = isvc_body.canary_patch(
-                revision,
-                transition.state.champion,
-                canary_percent,
-                resource_version=_resource_version(isvc),
-            )
-            written = _call(target, "patch", lambda: _patch(target, patch))
-        transition = _settle(target, written, transition.message)
-    else:
+    if not transition.changed:
         transition = _unchanged(target, isvc, transition)
+    elif isvc is None:
+        body = isvc_body.first_deployment(revision, target.ref)
+        transition = _settle(
+            target, _call(target, "create", lambda: _create(target, body)), transition.message
+        )
+    else:
+        patch = isvc_body.canary_patch(
+            revision, _champion(current), canary_percent, resource_version=_resource_version(isvc)
+        )
+        transition = _settle(
+            target, _call(target, "patch", lambda: _patch(target, patch)), transition.message
+        )
     state = transition.state
     client = client_for(target.tracking_uri)
     if state.champion is not None and state.champion.model_version == revision.model_version:
@@ -171,9 +169,10 @@ def _settle(
 
 def _unchanged(target: ClusterTarget, isvc: Mapping[str, Any] | None, transition: Transition) -> Transition:
     # Nothing written, so nothing to wait for; say whether KServe is done with the last change.
+    # A latest revision with 0% (rolled back) may well be broken: its readiness does not matter.
     if isvc is None:
         return transition
-    progress = isvc_body.rollout_progress(isvc)
+    progress = isvc_body.rollout_progress(isvc, require_ready=isvc_body.latest_percent(isvc) > 0)
     note = "settled" if progress.settled else f"still rolling out: {progress.detail}"
     return Transition(transition.state, f"{transition.message} ({target.ref.describe()} {note})", False)
 
@@ -234,6 +233,12 @@ def _state(isvc: Mapping[str, Any] | None) -> DeploymentState:
         return isvc_body.state_from_isvc(isvc)
     except (TypeError, ValueError) as exc:  # a hand-edited spec (DeploymentStateError passes through)
         raise ClusterRolloutError(f"cannot read the deployment from the InferenceService: {exc}") from exc
+
+
+def _champion(state: DeploymentState) -> Revision:
+    if state.champion is None:  # cannot happen: an existing InferenceService always has a champion
+        raise ClusterRolloutError("the InferenceService exists but names no champion")
+    return state.champion
 
 
 def _resource_version(isvc: Mapping[str, Any]) -> str | None:

@@ -475,6 +475,9 @@ def test_a_canary_that_never_gets_ready_times_out_and_can_be_rolled_back(fake_ku
     )
     assert rolled_back.state.champion == _revision("1")
     assert (_alias(tracking_uri, "champion"), _alias(tracking_uri, "challenger")) == ("1", None)
+    again = rollback_canary(slow)  # the idle broken revision does not make it "still rolling out"
+    assert not again.changed
+    assert again.message.endswith("(InferenceService taxi-mlops/taxi-duration settled)")
 
 
 def test_a_version_without_a_model_store_copy_is_refused_before_any_request(fake_kube, target):
