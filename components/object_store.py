@@ -107,9 +107,9 @@ class StoredModel:
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); the key may not be empty."""
+    """``s3://bucket/key`` -> (bucket, key); an empty key or one ending with ``/`` is a folder, not a file."""
     bucket, _, key = uri.removeprefix("s3://").partition("/") if uri.startswith("s3://") else ("", "", "")
-    if not bucket or not key.strip("/"):
+    if not bucket or not key.strip("/") or key.endswith("/"):
         raise ObjectStoreError(uri, "expected s3://bucket/key")
     return bucket, key
 

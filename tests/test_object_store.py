@@ -216,7 +216,9 @@ def test_upload_to_a_missing_bucket_is_not_retried(proxy: FaultyProxy, payload: 
     assert actions(proxy, "PUT") == ["pass"]
 
 
-@pytest.mark.parametrize("uri", ["http://bucket/key", "s3://", "s3://bucket", "s3://bucket/", "bucket/key"])
+@pytest.mark.parametrize(
+    "uri", ["http://bucket/key", "s3://", "s3://bucket", "s3://bucket/", "s3://bucket/folder/", "bucket/key"]
+)
 def test_bad_object_uri(uri: str):
     with pytest.raises(ObjectStoreError, match="expected s3://bucket/key"):
         parse_s3_uri(uri)
