@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from k8s_schemas import validate_resource
 
 from serving import kserve_deploy as kd
 from serving.deployment_state import DeploymentState, DeploymentStateError, Revision
@@ -134,6 +135,22 @@ def test_reading_back_each_stage():
     assert kd.state_from_isvc(promoted) == DeploymentState(champion=V2, generation=1)
     rolled_back = _merge(canary, kd.rollback_patch())
     assert kd.state_from_isvc(rolled_back) == DeploymentState(champion=V1, generation=1)
+
+
+def test_every_stage_is_a_valid_inference_service_for_the_kserve_schema():
+    # The same strict schema the manifests are checked against (tests/k8s_schemas.py, from the kserve SDK).
+    first = kd.first_deployment(V1)
+    canary = _merge(first, kd.canary_patch(V2, V1, 20, resource_version="7"))
+    stages = {
+        "first": first,
+        "canary": canary,
+        "promoted": _merge(canary, kd.promote_patch(resource_version="8")),
+        "rolled back": _merge(canary, kd.rollback_patch(resource_version="8")),
+    }
+    for stage, body in stages.items():
+        assert validate_resource(body) == [], stage
+    broken = _merge(canary, {"spec": {"predictor": {"canaryTrafficPercent": "20"}}})
+    assert validate_resource(broken), "a string percent must fail the schema"
 
 
 def test_an_isvc_not_made_here_is_refused():
