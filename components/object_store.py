@@ -29,7 +29,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, TypeVar
@@ -38,6 +38,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from components.atomic_write import temp_file_beside
 from components.checksums import file_sha256
 from components.duration_model import MODEL_FILE_NAME
 from components.errors import IngestError, ModelIntegrityError, TaxiMlopsError
@@ -271,7 +272,7 @@ def download_file(
             sha256 = _sha256_to_check(
                 uri, expected_sha256, _recorded_sha256(response.headers), require_sha256
             )
-            with _temp_file_beside(target) as (tmp, tmp_path):
+            with temp_file_beside(target) as (tmp, tmp_path):
                 size, actual = _stream_hashed(response, tmp)
                 tmp.close()
                 _check_length(response, size)
@@ -343,18 +344,6 @@ def _check_length(response: urllib3.BaseHTTPResponse, received: int) -> None:
     announced = response.headers.get("content-length")
     if announced is not None and int(announced) != received:
         raise _RetryableMismatch(f"received {received} of {announced} bytes")
-
-
-@contextlib.contextmanager
-def _temp_file_beside(dest: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    # Same folder as dest, so os.replace is a rename on one filesystem (atomic).
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp_path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            yield tmp, tmp_path
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def _recorded_sha256(headers: Mapping[str, str] | None) -> str | None:

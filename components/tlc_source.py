@@ -17,20 +17,19 @@ absent or complete, even if a run is killed mid-download.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from minio import Minio
 
+from components.atomic_write import temp_file_beside
 from components.errors import IngestError
 from components.tlc_schema import check_request
 
@@ -200,7 +199,7 @@ def _from_s3(conn: S3Connection, bucket: str, key: str, dest: Path) -> ResolvedF
 
     uri = f"s3://{bucket}/{key}"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _temp_file_beside(dest) as (tmp, tmp_path):
+    with temp_file_beside(dest) as (tmp, tmp_path):
         tmp.close()
         try:
             # Retried and size-checked (sha256 too when the object records one; a plain
@@ -218,7 +217,7 @@ def _from_s3(conn: S3Connection, bucket: str, key: str, dest: Path) -> ResolvedF
 def _write_checked(chunks: Iterable[bytes], dest: Path, source: str) -> None:
     """Stream ``chunks`` to ``dest`` atomically, refusing anything that is not parquet."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _temp_file_beside(dest) as (tmp, tmp_path):
+    with temp_file_beside(dest) as (tmp, tmp_path):
         for chunk in chunks:
             tmp.write(chunk)
         tmp.close()
@@ -234,18 +233,6 @@ def _check_parquet(path: Path, source: str) -> None:
             "corrupt_parquet",
             f"downloaded body ({path.stat().st_size} bytes) does not start and end with PAR1",
         )
-
-
-@contextlib.contextmanager
-def _temp_file_beside(dest: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    # Same folder as dest, so os.replace is a rename on one filesystem (atomic).
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp_path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            yield tmp, tmp_path
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def has_parquet_magic(path: Path) -> bool:

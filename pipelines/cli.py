@@ -20,6 +20,40 @@ from pipelines.settings import Settings
 MONTH = click.STRING
 
 
+def _training_options(command: Any) -> Any:
+    """What to train on and how to judge it: the options ``run`` and ``submit`` share."""
+    options = [
+        click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True),
+        click.option("--train-month", default="2021-01", show_default=True, metavar="YYYY-MM"),
+        click.option("--val-month", default="2021-02", show_default=True, metavar="YYYY-MM"),
+        click.option(
+            "--candidates",
+            "candidate_names",
+            default=",".join(CANDIDATES),
+            show_default=True,
+            help="Comma-separated candidate models to train in parallel.",
+        ),
+        click.option(
+            "--param",
+            "param_overrides",
+            multiple=True,
+            metavar="MODEL.NAME=VALUE",
+            help="Hyperparameter override, e.g. --param xgboost.n_estimators=300 (VALUE is JSON). "
+            "Repeatable.",
+        ),
+        click.option(
+            "--min-improvement",
+            type=click.FloatRange(0.0, 1.0, max_open=True),
+            default=0.01,
+            show_default=True,
+            help="Gate margin: relative RMSE improvement the winner needs over the champion.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="taxi-mlops")
 def main() -> None:
@@ -34,30 +68,7 @@ def main() -> None:
     "and cached.",
 )
 @click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead.")
-@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
-@click.option("--train-month", default="2021-01", show_default=True, metavar="YYYY-MM")
-@click.option("--val-month", default="2021-02", show_default=True, metavar="YYYY-MM")
-@click.option(
-    "--candidates",
-    "candidate_names",
-    default=",".join(CANDIDATES),
-    show_default=True,
-    help="Comma-separated candidate models to train in parallel.",
-)
-@click.option(
-    "--param",
-    "param_overrides",
-    multiple=True,
-    metavar="MODEL.NAME=VALUE",
-    help="Hyperparameter override, e.g. --param xgboost.n_estimators=300 (VALUE is JSON). Repeatable.",
-)
-@click.option(
-    "--min-improvement",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=0.01,
-    show_default=True,
-    help="Gate margin: relative RMSE improvement the winner needs over the champion.",
-)
+@_training_options
 @click.option(
     "--summary-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the run summary JSON."
 )
@@ -163,30 +174,7 @@ def compile_command(output: Path, cluster: bool) -> None:
     metavar="CRON",
     help="Start a recurring run instead: KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'.",
 )
-@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
-@click.option("--train-month", default="2021-01", show_default=True, metavar="YYYY-MM")
-@click.option("--val-month", default="2021-02", show_default=True, metavar="YYYY-MM")
-@click.option(
-    "--candidates",
-    "candidate_names",
-    default=",".join(CANDIDATES),
-    show_default=True,
-    help="Comma-separated candidate models to train in parallel.",
-)
-@click.option(
-    "--param",
-    "param_overrides",
-    multiple=True,
-    metavar="MODEL.NAME=VALUE",
-    help="Hyperparameter override (VALUE is JSON). Repeatable.",
-)
-@click.option(
-    "--min-improvement",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=0.01,
-    show_default=True,
-    help="Gate margin: relative RMSE improvement the winner needs over the champion.",
-)
+@_training_options
 @click.option(
     "--canary-percent",
     type=click.IntRange(1, 100),

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.errors import TaxiMlopsError
-from components.registry import CHALLENGER, CHAMPION, SHA256_TAG, STORAGE_URI_TAG
+from components.registry import SHA256_TAG, STORAGE_URI_TAG
 from components.tracking import client_for
 from serving import kserve_deploy as isvc_body
 from serving.deployment_state import DeploymentState, Revision, Transition, promote, rollback
 from serving.deployment_state import deploy as deploy_transition
 from serving.kserve_deploy import IsvcRef
+from serving.registry_aliases import aliases_after_deploy, aliases_follow_champion
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
@@ -90,19 +91,14 @@ def deploy_version(target: ClusterTarget, version: str, canary_percent: int) -> 
         transition = _settle(
             target, _call(target, "patch", lambda: _patch(target, patch)), transition.message
         )
-    state = transition.state
-    client = client_for(target.tracking_uri)
-    if state.champion is not None and state.champion.model_version == revision.model_version:
-        client.set_registered_model_alias(target.model_name, CHAMPION, revision.model_version)
-    elif state.canary is not None and state.canary.model_version == revision.model_version:
-        client.set_registered_model_alias(target.model_name, CHALLENGER, revision.model_version)
+    aliases_after_deploy(target.tracking_uri, target.model_name, transition.state, revision.model_version)
     return transition
 
 
 def promote_canary(target: ClusterTarget) -> Transition:
     """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared."""
     transition = _change(target, promote, lambda rv: isvc_body.promote_patch(resource_version=rv))
-    _follow_champion(target, transition.state)
+    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
     return transition
 
 
@@ -111,7 +107,7 @@ def rollback_canary(target: ClusterTarget) -> Transition:
     transition = _change(
         target, rollback, lambda rv: isvc_body.rollback_patch(resource_version=rv), require_ready=False
     )
-    _follow_champion(target, transition.state)
+    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
     return transition
 
 
@@ -214,18 +210,6 @@ def _registered_revision(target: ClusterTarget, version: str) -> Revision:
             "so the cluster has no copy of its file to serve"
         )
     return Revision(model_version=version, model_uri=storage_uri, sha256=sha256)
-
-
-def _follow_champion(target: ClusterTarget, state: DeploymentState) -> None:
-    if state.champion is None:
-        return
-    client = client_for(target.tracking_uri)
-    client.set_registered_model_alias(target.model_name, CHAMPION, state.champion.model_version)
-    if state.canary is None:
-        from mlflow.exceptions import MlflowException
-
-        with contextlib.suppress(MlflowException):  # already absent: clearing is idempotent
-            client.delete_registered_model_alias(target.model_name, CHALLENGER)
 
 
 def _state(isvc: Mapping[str, Any] | None) -> DeploymentState:

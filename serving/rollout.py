@@ -10,17 +10,17 @@ idempotent: repeating it changes nothing and says so.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.checksums import file_sha256
 from components.duration_model import MODEL_FILE_NAME
-from components.registry import CHALLENGER, CHAMPION, fetch_model_file
+from components.registry import fetch_model_file
 from components.tracking import client_for
 from serving.deployment_state import Revision, Transition, promote, rollback, update_state
 from serving.deployment_state import deploy as deploy_transition
+from serving.registry_aliases import aliases_after_deploy, aliases_follow_champion
 
 
 @dataclass(frozen=True)
@@ -39,35 +39,21 @@ def deploy_version(target: RolloutTarget, version: str, canary_percent: int) -> 
     transition = update_state(
         target.state_path, lambda state: deploy_transition(state, revision, canary_percent)
     )
-    state = transition.state
-    client = client_for(target.tracking_uri)
-    if state.champion is not None and state.champion.model_version == revision.model_version:
-        client.set_registered_model_alias(target.model_name, CHAMPION, revision.model_version)
-    elif state.canary is not None and state.canary.model_version == revision.model_version:
-        client.set_registered_model_alias(target.model_name, CHALLENGER, revision.model_version)
+    aliases_after_deploy(target.tracking_uri, target.model_name, transition.state, revision.model_version)
     return transition
 
 
 def promote_canary(target: RolloutTarget) -> Transition:
     """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared."""
     transition = update_state(target.state_path, promote)
-    champion = transition.state.champion
-    if champion is not None:
-        client = client_for(target.tracking_uri)
-        client.set_registered_model_alias(target.model_name, CHAMPION, champion.model_version)
-        _clear_alias(target, CHALLENGER)
+    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
     return transition
 
 
 def rollback_canary(target: RolloutTarget) -> Transition:
     """The canary gets no traffic; ``champion`` stays where it is and ``challenger`` is cleared."""
     transition = update_state(target.state_path, rollback)
-    champion = transition.state.champion
-    if champion is not None:
-        client_for(target.tracking_uri).set_registered_model_alias(
-            target.model_name, CHAMPION, champion.model_version
-        )
-        _clear_alias(target, CHALLENGER)
+    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
     return transition
 
 
@@ -97,11 +83,3 @@ def _stage_revision(target: RolloutTarget, version: str) -> Revision:
     shutil.rmtree(folder, ignore_errors=True)
     staging.replace(folder)
     return Revision(model_version=version, model_uri=str(folder), sha256=fetched.sha256)
-
-
-def _clear_alias(target: RolloutTarget, alias: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    # Already absent is fine: clearing is idempotent.
-    with contextlib.suppress(MlflowException):
-        client_for(target.tracking_uri).delete_registered_model_alias(target.model_name, alias)
