@@ -3,10 +3,14 @@
 #   docker build -t docker.io/taxi-mlops/pipeline:0.1.0 .
 FROM python:3.11-slim AS base
 
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep at barriers instead of spinning, so
+# training pods that share a node's cores do not spin against each other (see
+# pipelines/local_run.py for what spinning cost when two candidates shared two cores).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_WAIT_POLICY=PASSIVE
 
 # libgomp: OpenMP runtime that xgboost's wheels need.
 RUN apt-get update \

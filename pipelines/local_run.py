@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -220,6 +221,12 @@ def run_pipeline_locally(
     from pipelines.training_pipeline import training_pipeline
 
     prepare_tracking(settings)
+    # The candidates train in parallel subprocesses (they inherit this environment), each
+    # with its own OpenMP pool. OpenMP's default wait policy spins at every barrier, so two
+    # boosters sharing two cores spend most of their time spinning against each other:
+    # measured on green 2021-01, 188 s instead of 2.2 s for target_encoded_xgboost and
+    # 203 s instead of 31 s for xgboost. Waiting threads that sleep avoid that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     run_name = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log_path = settings.log_dir / f"{run_name}.log"
     local.init(
