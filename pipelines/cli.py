@@ -346,19 +346,7 @@ def promote(
     state_dir: Path | None, cluster: bool, namespace: str, kube_context: str | None, timeout: float
 ) -> None:
     """The canary becomes champion (all traffic; the MLflow alias champion moves to it)."""
-    settings = Settings.from_env(state_dir=state_dir)
-    if cluster:
-        from serving import cluster_rollout
-
-        _run_rollout(
-            lambda: cluster_rollout.promote_canary(
-                _cluster_target(settings, namespace, kube_context, timeout)
-            )
-        )
-        return
-    from serving.rollout import promote_canary
-
-    _run_rollout(lambda: promote_canary(_rollout_target(settings)))
+    _move_canary("promote_canary", state_dir, cluster, namespace, kube_context, timeout)
 
 
 @main.command()
@@ -368,19 +356,29 @@ def rollback(
     state_dir: Path | None, cluster: bool, namespace: str, kube_context: str | None, timeout: float
 ) -> None:
     """The canary gets no traffic; the champion and its alias stay."""
+    _move_canary("rollback_canary", state_dir, cluster, namespace, kube_context, timeout)
+
+
+def _move_canary(
+    verb: str,
+    state_dir: Path | None,
+    cluster: bool,
+    namespace: str,
+    kube_context: str | None,
+    timeout: float,
+) -> None:
+    """``promote_canary`` or ``rollback_canary``: the same verb on the cluster or on the local deployment."""
     settings = Settings.from_env(state_dir=state_dir)
     if cluster:
         from serving import cluster_rollout
 
-        _run_rollout(
-            lambda: cluster_rollout.rollback_canary(
-                _cluster_target(settings, namespace, kube_context, timeout)
-            )
-        )
+        cluster_action = getattr(cluster_rollout, verb)
+        _run_rollout(lambda: cluster_action(_cluster_target(settings, namespace, kube_context, timeout)))
         return
-    from serving.rollout import rollback_canary
+    from serving import rollout
 
-    _run_rollout(lambda: rollback_canary(_rollout_target(settings)))
+    local_action = getattr(rollout, verb)
+    _run_rollout(lambda: local_action(_rollout_target(settings)))
 
 
 @main.command()

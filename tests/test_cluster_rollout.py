@@ -26,6 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from kubernetes import client as k8s
+from merge_patch import merge_patch
 
 from components.registry import version_for_alias
 from components.tracking import client_for
@@ -63,19 +64,6 @@ class Recorded:
     body: Any
     raw: str
     authorization: str | None
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 @dataclass

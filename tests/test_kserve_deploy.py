@@ -6,6 +6,7 @@ import json
 
 import pytest
 from k8s_schemas import validate_resource
+from merge_patch import merge_patch
 
 from serving import kserve_deploy as kd
 from serving.deployment_state import DeploymentState, DeploymentStateError, Revision
@@ -110,46 +111,34 @@ def test_promote_and_rollback_leave_annotations_alone():
         assert set(patch["spec"]["predictor"]) == {"canaryTrafficPercent"}
 
 
-def _merge(target, patch):  # RFC 7386, enough for these bodies
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge(result.get(key), value)
-    return result
-
-
 def test_reading_back_each_stage():
     assert kd.state_from_isvc(None) == DeploymentState()
     first = {**kd.first_deployment(V1), "metadata": {**kd.first_deployment(V1)["metadata"], "generation": 1}}
     assert kd.state_from_isvc(first) == DeploymentState(champion=V1, generation=1)
-    canary = _merge(first, kd.canary_patch(V2, V1, 20))
+    canary = merge_patch(first, kd.canary_patch(V2, V1, 20))
     assert kd.state_from_isvc(canary) == DeploymentState(
         champion=V1, canary=V2, canary_percent=20, generation=1
     )
-    promoted = _merge(canary, kd.promote_patch())
+    promoted = merge_patch(canary, kd.promote_patch())
     assert "canaryTrafficPercent" not in promoted["spec"]["predictor"]
     assert kd.state_from_isvc(promoted) == DeploymentState(champion=V2, generation=1)
-    rolled_back = _merge(canary, kd.rollback_patch())
+    rolled_back = merge_patch(canary, kd.rollback_patch())
     assert kd.state_from_isvc(rolled_back) == DeploymentState(champion=V1, generation=1)
 
 
 def test_every_stage_is_a_valid_inference_service_for_the_kserve_schema():
     # The same strict schema the manifests are checked against (tests/k8s_schemas.py, from the kserve SDK).
     first = kd.first_deployment(V1)
-    canary = _merge(first, kd.canary_patch(V2, V1, 20, resource_version="7"))
+    canary = merge_patch(first, kd.canary_patch(V2, V1, 20, resource_version="7"))
     stages = {
         "first": first,
         "canary": canary,
-        "promoted": _merge(canary, kd.promote_patch(resource_version="8")),
-        "rolled back": _merge(canary, kd.rollback_patch(resource_version="8")),
+        "promoted": merge_patch(canary, kd.promote_patch(resource_version="8")),
+        "rolled back": merge_patch(canary, kd.rollback_patch(resource_version="8")),
     }
     for stage, body in stages.items():
         assert validate_resource(body) == [], stage
-    broken = _merge(canary, {"spec": {"predictor": {"canaryTrafficPercent": "20"}}})
+    broken = merge_patch(canary, {"spec": {"predictor": {"canaryTrafficPercent": "20"}}})
     assert validate_resource(broken), "a string percent must fail the schema"
 
 
@@ -157,7 +146,7 @@ def test_an_isvc_not_made_here_is_refused():
     foreign = {"metadata": {"name": "x"}, "spec": {"predictor": {"model": {"storageUri": "s3://a/b"}}}}
     with pytest.raises(DeploymentStateError, match="not deployed by taxi-mlops"):
         kd.state_from_isvc(foreign)
-    canary_without_baseline = _merge(
+    canary_without_baseline = merge_patch(
         kd.first_deployment(V1), {"spec": {"predictor": {"canaryTrafficPercent": 5}}}
     )
     with pytest.raises(DeploymentStateError, match="baseline-version"):
