@@ -71,7 +71,7 @@ class PairLookup:
         distance_offset = _distance_offsets(model, rows)
         encoded = None
         if isinstance(model.estimator, EncodingEstimator):
-            encoded = _distance_free_encoding(model, pu, do)
+            encoded = _distance_free_encoding(model, rows, pu, do)
         lookup = cls(model, int(min_id), int(max_id), rows, distance_offset, encoded)
         lookup._check_against_model(pu, do)
         return lookup
@@ -130,12 +130,16 @@ def _distance_offsets(model: TripDurationModel, rows: sp.csr_matrix) -> np.ndarr
     return np.flatnonzero(is_distance) - rows.indptr[:-1]
 
 
-def _distance_free_encoding(model: TripDurationModel, pu: np.ndarray, do: np.ndarray) -> np.ndarray:
-    """Encoded rows; checks that only the last column depends on distance, and equals it."""
-    probes = [
-        np.asarray(model.estimator.encode(_vectorize(model, pu, do, np.full(len(pu), d))), dtype=np.float64)
-        for d in _PROBE_DISTANCES
-    ]
+def _distance_free_encoding(
+    model: TripDurationModel, rows: sp.csr_matrix, pu: np.ndarray, do: np.ndarray
+) -> np.ndarray:
+    """Encoded rows; checks that only the last column depends on distance, and equals it.
+
+    ``rows`` are the pairs already vectorized at the first probe distance; only the
+    second probe needs vectorizing.
+    """
+    second_rows = _vectorize(model, pu, do, np.full(len(pu), _PROBE_DISTANCES[1]))
+    probes = [np.asarray(model.estimator.encode(r), dtype=np.float64) for r in (rows, second_rows)]
     first, second = probes
     if not np.array_equal(first[:, :-1], second[:, :-1]):
         raise PairLookupError("the encoding depends on distance beyond its last column")
