@@ -324,19 +324,9 @@ def deploy(
     timeout: float,
 ) -> None:
     """Deploy a registered version: first ever -> champion at 100%, later -> canary."""
-    settings = Settings.from_env(state_dir=state_dir)
-    if cluster:
-        from serving import cluster_rollout
-
-        _run_rollout(
-            lambda: cluster_rollout.deploy_version(
-                _cluster_target(settings, namespace, kube_context, timeout), model_version, canary_percent
-            )
-        )
-        return
-    from serving.rollout import deploy_version
-
-    _run_rollout(lambda: deploy_version(_rollout_target(settings), model_version, canary_percent))
+    _rollout_verb(
+        "deploy_version", state_dir, cluster, namespace, kube_context, timeout, model_version, canary_percent
+    )
 
 
 @main.command()
@@ -346,7 +336,7 @@ def promote(
     state_dir: Path | None, cluster: bool, namespace: str, kube_context: str | None, timeout: float
 ) -> None:
     """The canary becomes champion (all traffic; the MLflow alias champion moves to it)."""
-    _move_canary("promote_canary", state_dir, cluster, namespace, kube_context, timeout)
+    _rollout_verb("promote_canary", state_dir, cluster, namespace, kube_context, timeout)
 
 
 @main.command()
@@ -356,29 +346,35 @@ def rollback(
     state_dir: Path | None, cluster: bool, namespace: str, kube_context: str | None, timeout: float
 ) -> None:
     """The canary gets no traffic; the champion and its alias stay."""
-    _move_canary("rollback_canary", state_dir, cluster, namespace, kube_context, timeout)
+    _rollout_verb("rollback_canary", state_dir, cluster, namespace, kube_context, timeout)
 
 
-def _move_canary(
+def _rollout_verb(
     verb: str,
     state_dir: Path | None,
     cluster: bool,
     namespace: str,
     kube_context: str | None,
     timeout: float,
+    *verb_args: Any,
 ) -> None:
-    """``promote_canary`` or ``rollback_canary``: the same verb on the cluster or on the local deployment."""
+    """One rollout verb (``deploy_version``, ``promote_canary``, ``rollback_canary``), on the cluster
+    (``serving.cluster_rollout``) or on the local deployment (``serving.rollout``): same names, same
+    arguments after the target."""
     settings = Settings.from_env(state_dir=state_dir)
     if cluster:
         from serving import cluster_rollout
 
         cluster_action = getattr(cluster_rollout, verb)
-        _run_rollout(lambda: cluster_action(_cluster_target(settings, namespace, kube_context, timeout)))
+        # Connecting happens inside the action, so an unreachable API is reported like any rollout error.
+        _run_rollout(
+            lambda: cluster_action(_cluster_target(settings, namespace, kube_context, timeout), *verb_args)
+        )
         return
     from serving import rollout
 
     local_action = getattr(rollout, verb)
-    _run_rollout(lambda: local_action(_rollout_target(settings)))
+    _run_rollout(lambda: local_action(_rollout_target(settings), *verb_args))
 
 
 @main.command()
