@@ -18,13 +18,13 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from fake_json_api import serve_json
 from kubernetes import client as k8s
 from merge_patch import merge_patch
 
@@ -230,32 +230,8 @@ def _status(code: int, reason: str, message: str, name: str | None = None) -> di
 @pytest.fixture
 def fake_kube() -> Iterator[tuple[FakeKube, str]]:
     fake = FakeKube()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length).decode() if length else ""
-            code, body = fake.handle(self.command, self.path, self.headers, raw)
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PATCH = _serve
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_json(fake.handle) as url:
+        yield fake, url
 
 
 def _api(host: str) -> k8s.CustomObjectsApi:

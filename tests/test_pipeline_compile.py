@@ -13,6 +13,18 @@ from components.kfp_components import PIPELINE_IMAGE
 from pipelines.cli import main
 from pipelines.training_pipeline import PIPELINE_NAME
 
+EXPECTED_EXECUTORS = {
+    "exec-open-tracking-run",
+    "exec-close-tracking-run",
+    "exec-ingest",
+    "exec-ingest-2",
+    "exec-vectorize",
+    "exec-train",
+    "exec-evaluate",
+    "exec-register",
+    "exec-deploy",
+}
+
 
 @pytest.fixture(scope="module")
 def pipeline_ir(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -99,17 +111,7 @@ def test_candidates_fan_out_with_parallel_for_and_are_collected(pipeline_ir):
 
 def test_every_step_runs_in_the_project_image_without_pip(pipeline_ir):
     executors = pipeline_ir["deploymentSpec"]["executors"]
-    assert set(executors) == {
-        "exec-open-tracking-run",
-        "exec-close-tracking-run",
-        "exec-ingest",
-        "exec-ingest-2",
-        "exec-vectorize",
-        "exec-train",
-        "exec-evaluate",
-        "exec-register",
-        "exec-deploy",
-    }
+    assert set(executors) == EXPECTED_EXECUTORS
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == PIPELINE_IMAGE, name
@@ -142,18 +144,6 @@ def test_python_module_compiles_too(tmp_path: Path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the cluster build
-
-EXPECTED_EXECUTORS = {
-    "exec-open-tracking-run",
-    "exec-close-tracking-run",
-    "exec-ingest",
-    "exec-ingest-2",
-    "exec-vectorize",
-    "exec-train",
-    "exec-evaluate",
-    "exec-register",
-    "exec-deploy",
-}
 
 
 @pytest.fixture(scope="module")

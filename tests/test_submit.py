@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import CliRunner
+from fake_json_api import serve_json
 
 from components.kfp_components import PIPELINE_IMAGE
 from pipelines.cli import main
@@ -64,30 +63,11 @@ def fake_kfp(tmp_path, monkeypatch) -> Iterator[tuple[FakeKfp, str]]:
     monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp" / "context.json"))
     fake = FakeKfp()
 
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length).decode() if length else ""
-            code, body = fake.handle(self.command, self.path, json.loads(raw) if raw else None)
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def handle(method: str, path: str, headers: Any, raw: str) -> tuple[int, Any]:
+        return fake.handle(method, path, json.loads(raw) if raw else None)
 
-        do_GET = do_POST = _serve
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_json(handle) as url:
+        yield fake, url
 
 
 def _routes(fake: FakeKfp) -> list[tuple[str, str]]:
