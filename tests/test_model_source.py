@@ -17,18 +17,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from model_fixtures import fit_fixture_model
 from s3_server import upload_object
-from tlc_fixtures import write_tlc_dir
 
 from components import tracking
 from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 from components.errors import ModelIntegrityError
 from components.evaluate import gate_against_champion
-from components.ingest import load_month
 from components.register import register_winner
 from components.tlc_source import S3Connection
-from components.train import fit_candidate
-from components.vectorize import vectorize_trips
 from serving.model_source import ModelSourceError, load_model, resolve_model
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,11 +44,7 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    data_dir = write_tlc_dir(tmp_path_factory.mktemp("tlc"))
-    train, _ = load_month("green", "2021-01", data_dir=data_dir)
-    validation, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, x_train, x_val = vectorize_trips(train, validation)
-    model, result = fit_candidate("ridge", {}, vectorizer, x_train, x_val)
+    model, result, validation = fit_fixture_model(tmp_path_factory.mktemp("tlc"))
     path = tmp_path_factory.mktemp("model") / MODEL_FILE_NAME
     sha256 = model.save(path)
     return Built(path, sha256, load_duration_model(path, sha256), validation, result.rmse)

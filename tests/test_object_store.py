@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import pytest
 from minio.error import S3Error
+from model_fixtures import fit_fixture_model
 from s3_server import Fault, FaultyProxy, faulty_proxy, upload_object
 from tlc_fixtures import write_tlc_dir
 
@@ -27,7 +28,6 @@ from components import tracking
 from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 from components.errors import ModelIntegrityError
 from components.evaluate import gate_against_champion
-from components.ingest import load_month
 from components.object_store import (
     ObjectIntegrityError,
     ObjectStoreError,
@@ -44,8 +44,6 @@ from components.object_store import (
 from components.register import register_winner
 from components.registry import SHA256_TAG, STORAGE_URI_TAG
 from components.tlc_source import S3Connection, resolve_trip_file
-from components.train import fit_candidate
-from components.vectorize import vectorize_trips
 from serving.model_source import load_model, resolve_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -364,11 +362,7 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    data_dir = write_tlc_dir(tmp_path_factory.mktemp("tlc"))
-    train, _ = load_month("green", "2021-01", data_dir=data_dir)
-    validation, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, x_train, x_val = vectorize_trips(train, validation)
-    model, result = fit_candidate("ridge", {}, vectorizer, x_train, x_val)
+    model, result, validation = fit_fixture_model(tmp_path_factory.mktemp("tlc"))
     # KFP names the file after the output: the store must use the canonical name anyway.
     path = tmp_path_factory.mktemp("model") / "winner"
     sha256 = model.save(path)

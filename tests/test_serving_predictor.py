@@ -25,12 +25,9 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from tlc_fixtures import write_tlc_dir
+from model_fixtures import fit_fixture_model
 
 from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
-from components.ingest import load_month
-from components.train import fit_candidate
-from components.vectorize import vectorize_trips
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,11 +59,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    data_dir = write_tlc_dir(tmp_path_factory.mktemp("tlc"))
-    train, _ = load_month("green", "2021-01", data_dir=data_dir)
-    validation, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, x_train, x_val = vectorize_trips(train, validation)
-    model, _ = fit_candidate("ridge", {}, vectorizer, x_train, x_val)
+    model, _, validation = fit_fixture_model(tmp_path_factory.mktemp("tlc"))
     folder = tmp_path_factory.mktemp("model")
     sha256 = model.save(folder / MODEL_FILE_NAME)
     head = validation.head(20)
