@@ -143,9 +143,9 @@ def child_build(spec: dict[str, Any]) -> None:
     import numpy as np
     import pandas as pd
 
-    from components.ingest import load_month
-    from components.train import fit_candidate
-    from components.vectorize import vectorize_trips
+    from components.data.ingest import load_month
+    from components.features.design_matrix import vectorize_trips
+    from components.models.train import fit_candidate
 
     out = Path(spec["model_dir"])
     out.mkdir(parents=True, exist_ok=True)

@@ -104,10 +104,11 @@ def run_reference(df):
 
 
 def run_ours(df):
-    from components.features import TripVectorizer, trip_features
+    from components.features.trip_features import trip_features
+    from components.features.vectorizer import TripVectorizer
 
     try:
-        from components.candidates import build_estimator
+        from components.models.candidates import build_estimator
 
         estimator, label = build_estimator("linear_regression", {}), "candidates.build_estimator"
     except ImportError:

@@ -31,7 +31,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from components.duration_model import TripDurationModel, load_duration_model
+from components.models.duration_model import TripDurationModel, load_duration_model
 
 MODEL_PATH_ENV = "BASELINE_MODEL_PATH"
 MODEL_SHA256_ENV = "BASELINE_MODEL_SHA256"

@@ -1,3 +1,8 @@
-"""Pipeline steps for NYC taxi trip duration: pure domain modules plus thin KFP components."""
+"""The domain library: data, features, models, evaluation, registry and storage, one room each.
+
+Pure functions and small classes with no knowledge of KFP or serving; the rooms
+import only downward (storage, features <- models <- data, evaluation <- registry),
+as tests/test_layers.py checks.
+"""
 
 __version__ = "0.1.0"

@@ -21,6 +21,15 @@ class IngestError(TaxiMlopsError):
         super().__init__(f"{source}: [{rule}] {detail}")
 
 
+class StorageError(TaxiMlopsError):
+    """An S3 location or connection is misconfigured, or an object could not be moved."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
 class ModelIntegrityError(TaxiMlopsError):
     """A model file does not match the checksum recorded for it, or is not a model file."""
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from components.candidates import CANDIDATES
 from components.errors import TaxiMlopsError
+from components.models.candidates import CANDIDATES
 from pipelines.settings import Settings
 
 MONTH = click.STRING
@@ -426,7 +426,7 @@ def status(
 @_state_dir_option
 def serve(host: str, port: int, state_dir: Path | None) -> None:
     """Run the local serving stack in the foreground: traffic splitter + one predictor per revision."""
-    from components.registry import version_for_alias
+    from components.registry.versions import version_for_alias
     from serving.deployment_state import load_state
     from serving.local_stack import run_local_stack
     from serving.rollout import deploy_version
@@ -459,7 +459,7 @@ def serve(host: str, port: int, state_dir: Path | None) -> None:
 
 def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
     """``"ridge,xgboost"`` + ``("xgboost.n_estimators=300",)`` -> the pipeline's candidates parameter."""
-    from components.candidates import candidate_spec, resolve_params
+    from components.models.candidates import candidate_spec, resolve_params
 
     chosen = [name.strip() for name in names.split(",") if name.strip()]
     if not chosen:

@@ -25,8 +25,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.errors import TaxiMlopsError
-from components.steps import DEPLOYMENT_TAG, SUMMARY_ARTIFACT
-from components.tracking import PIPELINE_RUN_TAG, client_for, ensure_experiment, find_pipeline_run
+from components.registry.tracking import (
+    DEPLOYMENT_TAG,
+    PIPELINE_RUN_TAG,
+    SUMMARY_ARTIFACT,
+    client_for,
+    ensure_experiment,
+    find_pipeline_run,
+)
 from pipelines.settings import Settings
 
 # Friendly step names for KFP's task names (the second ingest is the validation month).
@@ -45,6 +51,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([\w-]+)'")
 _TASK_END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 _STEP_NOTE = re.compile(r"\[taxi-mlops\] (.*)")
+_OUR_PACKAGES = ("components.", "serving.", "pipelines.")
 _ERROR_LINE = re.compile(r"^\s*((?:[\w]+\.)*\w*(?:Error|Exception)): (.+)$")
 
 
@@ -132,8 +139,8 @@ class _ProgressTee(io.TextIOBase):
 
     @property
     def step_error(self) -> str | None:
-        """The failing step's own error: ours (components.*) first, else the last one seen."""
-        ours = [error for error in self.error_lines if error.startswith("components.")]
+        """The failing step's own error: ours (the project's packages) first, else the last one seen."""
+        ours = [error for error in self.error_lines if error.startswith(_OUR_PACKAGES)]
         chosen = ours[0] if ours else (self.error_lines[-1] if self.error_lines else None)
         if chosen is None:
             return None

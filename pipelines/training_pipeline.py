@@ -17,8 +17,8 @@ from typing import List  # noqa: UP035 - KFP's signature parser wants typing.Lis
 from kfp import compiler, dsl
 from kfp.dsl.base_component import BaseComponent
 
-from components.candidates import CANDIDATES
-from components.kfp_components import (
+from components.models.candidates import CANDIDATES
+from pipelines.kfp_components import (
     close_tracking_run,
     deploy,
     evaluate,

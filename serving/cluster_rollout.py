@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.errors import TaxiMlopsError
-from components.registry import SHA256_TAG, STORAGE_URI_TAG
-from components.tracking import client_for
+from components.registry.tracking import client_for
+from components.registry.versions import SHA256_TAG, STORAGE_URI_TAG
 from serving import kserve_deploy as isvc_body
 from serving.deployment_state import DeploymentState, Revision, Transition, promote, rollback
 from serving.deployment_state import deploy as deploy_transition

@@ -8,7 +8,7 @@ sha256 recorded somewhere other than the file itself.
 * ``s3://bucket/prefix``: ``prefix/trip_duration_model.zip`` on MinIO/S3,
   reached with ``S3Connection.from_env()`` (AWS_ACCESS_KEY_ID,
   AWS_SECRET_ACCESS_KEY, S3_ENDPOINT_URL) and fetched by
-  ``components.object_store`` (retries, verified before it is renamed into place);
+  ``components.storage.object_transfer`` (retries, verified before it is renamed into place);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: the MLflow
   registry, whose version tag ``model_sha256`` was written at registration.
 
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
-from components.errors import IngestError, ModelIntegrityError, TaxiMlopsError
-from components.object_store import SIDECAR_SUFFIX, ObjectStoreError, download_file, read_object
-from components.tlc_source import S3Connection
+from components.errors import ModelIntegrityError, StorageError, TaxiMlopsError
+from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.registry.model_store import SIDECAR_SUFFIX
+from components.storage.object_transfer import ObjectStoreError, download_file, read_object
+from components.storage.s3 import S3Connection, S3Location, S3UriError, parse_s3_uri
 
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _MODELS_URI_RE: Final = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
@@ -116,14 +117,13 @@ def resolve_local(uri: str, expected_sha256: str | None, model_version: str | No
     return ModelRecord(uri=uri, sha256=sha256, model_version=model_version, path=path)
 
 
-def _split_s3_uri(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise ModelSourceError(f"{uri}: expected s3://bucket/prefix")
-    prefix = prefix.strip("/")
-    if prefix.endswith(MODEL_FILE_NAME):
-        return bucket, prefix
-    return bucket, f"{prefix}/{MODEL_FILE_NAME}" if prefix else MODEL_FILE_NAME
+def _model_file_location(uri: str) -> S3Location:
+    """``s3://bucket/prefix`` (KServe's storageUri: a folder) or the model file itself."""
+    try:
+        location = parse_s3_uri(uri)
+    except S3UriError:
+        raise ModelSourceError(f"{uri}: expected s3://bucket/prefix") from None
+    return location if location.key.endswith(MODEL_FILE_NAME) else location.join(MODEL_FILE_NAME)
 
 
 def resolve_s3(
@@ -135,15 +135,14 @@ def resolve_s3(
 ) -> ModelRecord:
     """Download ``prefix/trip_duration_model.zip`` (and read its sidecar, if any) from S3/MinIO.
 
-    Through ``components.object_store``: transient failures are retried, and the file
+    Through ``components.storage.object_transfer``: transient failures are retried, and the file
     only appears in ``download_dir`` once its bytes match the agreed sha256.
     """
-    bucket, key = _split_s3_uri(uri)
-    where = f"s3://{bucket}/{key}"
+    where = _model_file_location(uri).uri
     try:
         conn = s3 or S3Connection.from_env()
-    except IngestError as exc:
-        raise ModelSourceError(f"{where}: {exc.detail}") from exc
+    except StorageError as exc:
+        raise ModelSourceError(f"{where}: {exc.problem}") from exc
     try:
         sidecar = _read_s3_sidecar(conn, where + SIDECAR_SUFFIX)
         # Check the checksum source before paying for the download.
@@ -177,8 +176,8 @@ def resolve_registry(
     """``models:/name@alias`` or ``models:/name/version``, verified against the version's sha256 tag."""
     from mlflow.exceptions import MlflowException
 
-    from components.registry import fetch_model_file, version_for_alias
-    from components.tracking import client_for
+    from components.registry.tracking import client_for
+    from components.registry.versions import fetch_model_file, version_for_alias
 
     match = _MODELS_URI_RE.fullmatch(uri)
     if match is None:

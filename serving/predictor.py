@@ -25,9 +25,9 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 from prometheus_client import Counter, Gauge, Histogram
 
-from components.duration_model import TripDurationModel
-from components.pair_lookup import PairLookup, PairLookupError
+from components.models.duration_model import TripDurationModel
 from serving.model_source import ModelRecord, load_model
+from serving.pair_lookup import PairLookup, PairLookupError
 from serving.trip_request import (
     DEFAULT_LIMITS,
     MAX_LOCATION_ID,

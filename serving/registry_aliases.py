@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
-from components.registry import CHALLENGER, CHAMPION
-from components.tracking import client_for
+from components.registry.tracking import client_for
+from components.registry.versions import CHALLENGER, CHAMPION
 from serving.deployment_state import DeploymentState
 
 

@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.checksums import file_sha256
-from components.duration_model import MODEL_FILE_NAME
-from components.registry import fetch_model_file
-from components.tracking import client_for
+from components.models.duration_model import MODEL_FILE_NAME
+from components.registry.tracking import client_for
+from components.registry.versions import fetch_model_file
+from components.storage.checksums import file_sha256
 from serving.deployment_state import Revision, Transition, promote, rollback, update_state
 from serving.deployment_state import deploy as deploy_transition
 from serving.registry_aliases import aliases_after_deploy, aliases_follow_champion

@@ -36,7 +36,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from components.errors import TaxiMlopsError
-from components.features import FEATURE_FIELDS
+from components.features.trip_features import FEATURE_FIELDS
 
 #: TLC taxi zones are numbered 1..265 (264 and 265 are "Unknown"/"Outside of NYC"),
 #: the range the real 2021 green files hold.

@@ -9,7 +9,7 @@ import pytest
 from s3_server import moto_s3
 from tlc_fixtures import write_tlc_dir
 
-from components.tlc_source import S3Connection
+from components.storage.s3 import S3Connection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_TLC_DIR = REPO_ROOT.parent / "shared" / "data" / "tlc"

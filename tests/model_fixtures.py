@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 from tlc_fixtures import write_tlc_dir
 
-from components.duration_model import TripDurationModel
-from components.ingest import load_month
-from components.train import CandidateResult, fit_candidate
-from components.vectorize import vectorize_trips
+from components.data.ingest import load_month
+from components.features.design_matrix import vectorize_trips
+from components.models.duration_model import TripDurationModel
+from components.models.train import CandidateResult, fit_candidate
 
 
 def fit_fixture_model(

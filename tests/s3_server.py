@@ -20,7 +20,7 @@ from typing import IO
 from minio import Minio
 from moto.server import ThreadedMotoServer
 
-from components.tlc_source import S3Connection
+from components.storage.s3 import S3Connection
 
 
 @contextmanager

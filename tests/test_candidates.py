@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from components.candidates import (
+from components.errors import CandidateConfigError, TaxiMlopsError
+from components.models.candidates import (
     CANDIDATES,
     DEFAULT_CANDIDATES,
     build_estimator,
     candidate_spec,
     resolve_params,
 )
-from components.errors import CandidateConfigError, TaxiMlopsError
-from components.estimator_codecs import CODECS
+from components.models.estimator_codecs import CODECS
 
 NAMES = sorted(CANDIDATES)
 # What a vectorizer of PU_DO + trip_distance would call its columns.

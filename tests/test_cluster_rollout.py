@@ -28,8 +28,8 @@ from fake_json_api import serve_json
 from kubernetes import client as k8s
 from merge_patch import merge_patch
 
-from components.registry import version_for_alias
-from components.tracking import client_for
+from components.registry.tracking import client_for
+from components.registry.versions import version_for_alias
 from pipelines.cli import main
 from serving import kserve_deploy as kd
 from serving.cluster_rollout import (

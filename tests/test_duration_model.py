@@ -19,20 +19,20 @@ from sklearn.pipeline import make_pipeline
 from tlc_fixtures import write_tlc_dir
 from xgboost import XGBRegressor
 
-from components.candidates import CANDIDATES, build_estimator
-from components.checksums import file_sha256
-from components.duration_model import (
+from components.data.ingest import load_month
+from components.errors import ModelIntegrityError
+from components.features.design_matrix import DesignMatrix, vectorize_trips
+from components.features.trip_features import FEATURE_FIELDS
+from components.models.candidates import CANDIDATES, build_estimator
+from components.models.duration_model import (
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
     TripDurationModel,
     load_duration_model,
 )
-from components.errors import ModelIntegrityError
-from components.estimator_codecs import CODECS, qualified_type_name
-from components.features import FEATURE_FIELDS
-from components.ingest import load_month
-from components.train import CandidateResult, fit_candidate
-from components.vectorize import DesignMatrix, vectorize_trips
+from components.models.estimator_codecs import CODECS, qualified_type_name
+from components.models.train import CandidateResult, fit_candidate
+from components.storage.checksums import file_sha256
 
 NAMES = sorted(CANDIDATES)
 # Small trees keep boosted fits well under a second; n_jobs=1 because OpenMP

@@ -12,16 +12,12 @@ from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
-from components.duration_model import TripDurationModel
-from components.evaluate import (
-    TARGET_COLUMN,
-    Evaluation,
-    evaluate_candidates,
-    gate_against_champion,
-    score_model,
-)
-from components.features import TripVectorizer, trip_features
-from components.metrics import regression_metrics
+from components.evaluation.evaluate import Evaluation, evaluate_candidates, score_model
+from components.evaluation.gate import gate_against_champion
+from components.features.trip_features import TARGET_COLUMN, trip_features
+from components.features.vectorizer import TripVectorizer
+from components.models.duration_model import TripDurationModel
+from components.models.metrics import regression_metrics
 
 
 def make_trips(n: int, seed: int) -> pd.DataFrame:

@@ -14,12 +14,8 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import Lasso
 
 from components.errors import TaxiMlopsError
-from components.features import (
-    FEATURE_COLUMNS,
-    FeatureError,
-    TripVectorizer,
-    trip_features,
-)
+from components.features.trip_features import FEATURE_COLUMNS, FeatureError, trip_features
+from components.features.vectorizer import TripVectorizer
 
 TLC_DIR = Path(
     os.environ.get(

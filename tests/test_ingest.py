@@ -21,8 +21,7 @@ from tlc_fixtures import (
     write_trip_file,
 )
 
-from components.errors import IngestError
-from components.ingest import (
+from components.data.ingest import (
     CLEAN_SCHEMA,
     RULES,
     IngestReport,
@@ -31,7 +30,8 @@ from components.ingest import (
     read_clean_trips,
     write_clean_trips,
 )
-from components.tlc_schema import CLEAN_COLUMNS
+from components.data.tlc_schema import CLEAN_COLUMNS
+from components.errors import IngestError
 
 EXPECTED_200 = {"missing_values": 4, "pickup_outside_month": 3, "duration_out_of_range": 10}
 

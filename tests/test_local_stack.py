@@ -285,9 +285,9 @@ def test_no_orphans_after_the_supervisor_goes(state_path: Path, sig: signal.Sign
 @pytest.fixture(scope="module")
 def model_revisions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Revision, Revision]:
     """Two real ridge model files (alpha 1 and 50): versions 1 and 2."""
-    from components.ingest import load_month
-    from components.train import fit_candidate
-    from components.vectorize import vectorize_trips
+    from components.data.ingest import load_month
+    from components.features.design_matrix import vectorize_trips
+    from components.models.train import fit_candidate
 
     root = tmp_path_factory.mktemp("canary-models")
     data_dir = write_tlc_dir(root / "tlc")

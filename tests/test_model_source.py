@@ -20,12 +20,12 @@ import pytest
 from model_fixtures import fit_fixture_model
 from s3_server import upload_object
 
-from components import tracking
-from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 from components.errors import ModelIntegrityError
-from components.evaluate import gate_against_champion
-from components.register import register_winner
-from components.tlc_source import S3Connection
+from components.evaluation.gate import gate_against_champion
+from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.registry import tracking
+from components.registry.registration import register_winner
+from components.storage.s3 import S3Connection
 from serving.model_source import ModelSourceError, load_model, resolve_model
 
 pytestmark = pytest.mark.timeout(180)

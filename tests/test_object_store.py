@@ -24,26 +24,25 @@ from model_fixtures import fit_fixture_model
 from s3_server import Fault, FaultyProxy, faulty_proxy, upload_object
 from tlc_fixtures import write_tlc_dir
 
-from components import tracking
-from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.data.tlc_source import resolve_trip_file
 from components.errors import ModelIntegrityError
-from components.evaluate import gate_against_champion
-from components.object_store import (
+from components.evaluation.gate import gate_against_champion
+from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.registry import tracking
+from components.registry.model_store import check_store_uri, model_folder_uri, upload_model_files
+from components.registry.registration import register_winner
+from components.registry.versions import SHA256_TAG, STORAGE_URI_TAG
+from components.storage.object_transfer import (
     ObjectIntegrityError,
     ObjectStoreError,
     StoredObject,
-    check_store_uri,
     connection_for,
     download_file,
-    model_folder_uri,
-    parse_s3_uri,
+    object_location,
     read_object,
     upload_file,
-    upload_model_files,
 )
-from components.register import register_winner
-from components.registry import SHA256_TAG, STORAGE_URI_TAG
-from components.tlc_source import S3Connection, resolve_trip_file
+from components.storage.s3 import S3Connection
 from serving.model_source import load_model, resolve_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,9 +84,9 @@ def sha256_of(data: bytes) -> str:
 
 
 def object_exists(conn: S3Connection, uri: str) -> bool:
-    bucket, key = parse_s3_uri(uri)
+    location = object_location(uri)
     try:
-        conn.client().stat_object(bucket, key)
+        conn.client().stat_object(location.bucket, location.key)
     except S3Error as exc:
         assert exc.code == "NoSuchKey"
         return False
@@ -110,8 +109,10 @@ def test_round_trip_keeps_size_and_sha256(store: S3Connection, payload: Path, ke
     data = payload.read_bytes()
     stored = upload_file(store, payload, key)
     assert stored == StoredObject(key, len(data), sha256_of(data))
-    bucket, name = parse_s3_uri(key)
-    assert store.client().stat_object(bucket, name).metadata["x-amz-meta-sha256"] == sha256_of(data)
+    location = object_location(key)
+    assert store.client().stat_object(location.bucket, location.key).metadata[
+        "x-amz-meta-sha256"
+    ] == sha256_of(data)
 
     dest = tmp_path / "down" / "copy.bin"
     assert download_file(store, key, dest) == stored  # checked against the recorded sha256
@@ -121,7 +122,7 @@ def test_round_trip_keeps_size_and_sha256(store: S3Connection, payload: Path, ke
 
 
 def test_small_object_read(store: S3Connection, key: str):
-    upload_object(store, BUCKET, parse_s3_uri(key)[1], b"abc\n")
+    upload_object(store, BUCKET, object_location(key).key, b"abc\n")
     assert read_object(store, key) == b"abc\n"
     with pytest.raises(ObjectStoreError, match="larger than the 2 bytes"):
         read_object(store, key, limit=2)
@@ -136,8 +137,10 @@ def test_bytes_replaced_behind_our_back_are_refused_once(
     stored = upload_file(store, payload, key)
     # Same recorded sha256, other bytes: what a tampering or a buggy copy would leave.
     other = os.urandom(stored.size)
-    bucket, name = parse_s3_uri(key)
-    store.client().put_object(bucket, name, io.BytesIO(other), len(other), metadata={"sha256": stored.sha256})
+    location = object_location(key)
+    store.client().put_object(
+        location.bucket, location.key, io.BytesIO(other), len(other), metadata={"sha256": stored.sha256}
+    )
 
     dest = tmp_path / "down" / "copy.bin"
     with pytest.raises(ObjectIntegrityError) as err:
@@ -172,7 +175,7 @@ def test_expected_sha256_disagreeing_with_the_recorded_one(
 
 
 def test_expected_sha256_mismatch_without_recorded_sha256(store: S3Connection, key: str, tmp_path: Path):
-    upload_object(store, BUCKET, parse_s3_uri(key)[1], b"plain upload, no metadata")
+    upload_object(store, BUCKET, object_location(key).key, b"plain upload, no metadata")
     with pytest.raises(ObjectIntegrityError, match=f"does not match the recorded {'1' * 64}"):
         download_file(store, key, tmp_path / "copy.bin", expected_sha256="1" * 64)
     assert files_in(tmp_path) == []
@@ -180,7 +183,7 @@ def test_expected_sha256_mismatch_without_recorded_sha256(store: S3Connection, k
 
 def test_unverifiable_download_is_refused_unless_asked_for(store: S3Connection, key: str, tmp_path: Path):
     data = b"plain upload, no metadata"
-    upload_object(store, BUCKET, parse_s3_uri(key)[1], data)
+    upload_object(store, BUCKET, object_location(key).key, data)
     with pytest.raises(ObjectIntegrityError, match="no sha256 given and none recorded"):
         download_file(store, key, tmp_path / "copy.bin")
     assert files_in(tmp_path) == []
@@ -219,7 +222,7 @@ def test_upload_to_a_missing_bucket_is_not_retried(proxy: FaultyProxy, payload: 
 )
 def test_bad_object_uri(uri: str):
     with pytest.raises(ObjectStoreError, match="expected s3://bucket/key"):
-        parse_s3_uri(uri)
+        object_location(uri)
 
 
 def test_store_uris():

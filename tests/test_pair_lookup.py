@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from tlc_fixtures import write_tlc_dir
 
-from components.candidates import CANDIDATES
-from components.category_encoding import CategoryEncodedBooster
-from components.duration_model import TripDurationModel
-from components.ingest import load_month
-from components.pair_lookup import EncodingEstimator, PairLookup, PairLookupError
-from components.train import fit_candidate
-from components.vectorize import vectorize_trips
+from components.data.ingest import load_month
+from components.features.design_matrix import vectorize_trips
+from components.models.candidates import CANDIDATES
+from components.models.duration_model import TripDurationModel
+from components.models.target_encoded_xgboost import TargetEncodedXGBoost
+from components.models.train import fit_candidate
+from serving.pair_lookup import EncodingEstimator, PairLookup, PairLookupError
 
 # Small boosted models keep each fit well under a second.
 SMALL = {"n_estimators": 20, "max_depth": 6, "n_jobs": 1}
@@ -64,7 +64,7 @@ def test_lookup_equals_model_predict_on_every_validation_trip(name: str, fitted)
 def test_encoding_estimators_are_tabled_as_encoded_rows(fitted):
     models, _ = fitted
     booster = models["target_encoded_xgboost"]
-    assert isinstance(booster.estimator, CategoryEncodedBooster)
+    assert isinstance(booster.estimator, TargetEncodedXGBoost)
     assert isinstance(booster.estimator, EncodingEstimator)
     lookup = PairLookup.build(booster, MIN_ID, MAX_ID)
     assert lookup.encoded is not None and lookup.encoded.shape[0] == (MAX_ID - MIN_ID + 1) ** 2
@@ -93,7 +93,7 @@ def test_covers_only_the_built_range(fitted):
     assert not lookup.covers(np.array([], dtype=np.int64), np.array([], dtype=np.int64))
 
 
-class _DistanceLeaksIntoEncoding(CategoryEncodedBooster):
+class _DistanceLeaksIntoEncoding(TargetEncodedXGBoost):
     """An encoder whose first column depends on distance: its rows cannot be tabled per pair."""
 
     def encode(self, X: Any) -> np.ndarray:
@@ -102,7 +102,7 @@ class _DistanceLeaksIntoEncoding(CategoryEncodedBooster):
         return encoded
 
 
-class _PredictDisagreesWithEncoding(CategoryEncodedBooster):
+class _PredictDisagreesWithEncoding(TargetEncodedXGBoost):
     """predict() is not predict_encoded(encode()): a table built from the encoding would lie."""
 
     def predict(self, X: Any) -> np.ndarray:

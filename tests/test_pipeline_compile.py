@@ -8,9 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from components.candidates import CANDIDATES
-from components.kfp_components import PIPELINE_IMAGE
+from components.models.candidates import CANDIDATES
 from pipelines.cli import main
+from pipelines.kfp_components import PIPELINE_IMAGE
 from pipelines.training_pipeline import PIPELINE_NAME
 
 EXPECTED_EXECUTORS = {

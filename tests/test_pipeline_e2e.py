@@ -18,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tlc_fixtures import write_tlc_dir
 
-from components.checksums import file_sha256
-from components.tracking import CANDIDATE_TAG
+from components.registry.tracking import CANDIDATE_TAG
+from components.storage.checksums import file_sha256
 from pipelines.local_run import PipelineRunError, RunRequest, run_pipeline_locally
 from pipelines.settings import Settings
 

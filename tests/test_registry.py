@@ -26,14 +26,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tlc_fixtures import write_tlc_dir
 
-from components import tracking
-from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.data.ingest import load_month
 from components.errors import ModelIntegrityError
-from components.evaluate import gate_against_champion
-from components.features import FEATURE_FIELDS
-from components.ingest import load_month
-from components.register import Registration, register_winner
-from components.registry import (
+from components.evaluation.gate import gate_against_champion
+from components.features.design_matrix import vectorize_trips
+from components.features.trip_features import FEATURE_FIELDS
+from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.models.train import fit_candidate
+from components.registry import tracking
+from components.registry.registration import Registration, register_winner
+from components.registry.versions import (
     CHALLENGER,
     CHAMPION,
     SHA256_TAG,
@@ -41,8 +43,6 @@ from components.registry import (
     fetch_model_file,
     version_for_alias,
 )
-from components.train import fit_candidate
-from components.vectorize import vectorize_trips
 
 # Real MLflow: each registration logs a pyfunc model (about a second); the
 # schema creation of the sqlite store is paid once per module.

@@ -14,8 +14,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from components import report
-from components.report import render_evaluation_report
+from components.evaluation import report
+from components.evaluation.report import render_evaluation_report
 
 SIZE_BUDGET = 1_500_000
 CONTEXT = {"color": "green", "train_month": "2021-01", "val_month": "2021-02", "pipeline_run": "run-42"}

@@ -14,15 +14,15 @@ import pytest
 from click.testing import CliRunner
 from tlc_fixtures import write_tlc_dir
 
-from components import tracking
-from components.duration_model import MODEL_FILE_NAME
+from components.data.ingest import load_month
 from components.errors import ModelIntegrityError
-from components.evaluate import gate_against_champion
-from components.ingest import load_month
-from components.register import register_winner
-from components.registry import version_for_alias
-from components.train import fit_candidate
-from components.vectorize import vectorize_trips
+from components.evaluation.gate import gate_against_champion
+from components.features.design_matrix import vectorize_trips
+from components.models.duration_model import MODEL_FILE_NAME
+from components.models.train import fit_candidate
+from components.registry import tracking
+from components.registry.registration import register_winner
+from components.registry.versions import version_for_alias
 from pipelines.cli import main
 from pipelines.settings import Settings
 from serving.deployment_state import load_state

@@ -27,7 +27,7 @@ import pytest
 import requests
 from model_fixtures import fit_fixture_model
 
-from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 
 pytestmark = pytest.mark.timeout(120)
 

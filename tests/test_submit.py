@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from fake_json_api import serve_json
 
-from components.kfp_components import PIPELINE_IMAGE
 from pipelines.cli import main
+from pipelines.kfp_components import PIPELINE_IMAGE
 from pipelines.training_pipeline import PIPELINE_NAME
 
 pytestmark = pytest.mark.timeout(120)

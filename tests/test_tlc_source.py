@@ -13,9 +13,10 @@ import pytest
 from s3_server import upload_object
 from tlc_fixtures import write_trip_file
 
-from components.errors import IngestError
-from components.ingest import load_month
-from components.tlc_source import S3Connection, has_parquet_magic, resolve_trip_file
+from components.data.ingest import load_month
+from components.data.tlc_source import has_parquet_magic, resolve_trip_file
+from components.errors import IngestError, StorageError
+from components.storage.s3 import S3Connection
 
 # ------------------------------------------------------------- local HTTP "CloudFront"
 
@@ -299,7 +300,9 @@ def test_s3_connection_from_env() -> None:
     ],
 )
 def test_s3_connection_from_env_errors(env: dict[str, str], detail: str) -> None:
-    with pytest.raises(IngestError) as err:
+    # A storage misconfiguration is a storage error, whoever asked (ingest, model store, predictor).
+    with pytest.raises(StorageError) as err:
         S3Connection.from_env(env)
 
-    assert str(err.value) == f"environment: [bad_request] {detail}"
+    assert not isinstance(err.value, IngestError)
+    assert str(err.value) == f"environment: {detail}"

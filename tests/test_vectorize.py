@@ -13,8 +13,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_squared_error
 
-from components.features import TripVectorizer, trip_features
-from components.vectorize import (
+from components.features.design_matrix import (
     DesignMatrix,
     VectorizeError,
     load_design_matrix,
@@ -23,6 +22,8 @@ from components.vectorize import (
     save_vectorizer,
     vectorize_trips,
 )
+from components.features.trip_features import trip_features
+from components.features.vectorizer import TripVectorizer
 
 TLC_DIR = Path(
     os.environ.get(

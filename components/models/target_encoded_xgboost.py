@@ -23,6 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, RegressorMixin
 
+# The class's qualified name in model files written before it took its candidate's name (0.1.0).
+LEGACY_TYPE_NAMES = frozenset({"components.category_encoding.CategoryEncodedBooster"})
 # Numeric values below this are too small to divide by (a 0.0-mile trip).
 _MIN_DIVISOR = 0.1
 
@@ -56,7 +58,7 @@ class _Layout:
         return cls(list(groups), group_of, level_of, sizes, np.flatnonzero(group_of < 0))
 
 
-class CategoryEncodedBooster(RegressorMixin, BaseEstimator):
+class TargetEncodedXGBoost(RegressorMixin, BaseEstimator):
     """Target encoding of one-hot category groups + XGBoost on the encoded columns."""
 
     def __init__(
@@ -81,7 +83,7 @@ class CategoryEncodedBooster(RegressorMixin, BaseEstimator):
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> CategoryEncodedBooster:
+    def fit(self, X: Any, y: Any) -> TargetEncodedXGBoost:
         from xgboost import XGBRegressor
 
         layout = self._layout()
@@ -167,7 +169,7 @@ class CategoryEncodedBooster(RegressorMixin, BaseEstimator):
 
     def _layout(self) -> _Layout:
         if not len(self.feature_names):
-            raise ValueError("CategoryEncodedBooster needs the vectorizer's feature_names")
+            raise ValueError("TargetEncodedXGBoost needs the vectorizer's feature_names")
         # Parsing 13k feature names costs ~8 ms: more than the prediction of one trip.
         # Cache it, keyed on the very feature_names object it was built from.
         cached = getattr(self, "_layout_cache", None)
@@ -250,7 +252,7 @@ def _level_stats(
 _STAT_KEYS = ("count", "sum_target", "sum_numeric", "sum_rate", "rate_count")
 
 
-def dump_category_encoded_booster(estimator: CategoryEncodedBooster) -> bytes:
+def dump_target_encoded_xgboost(estimator: TargetEncodedXGBoost) -> bytes:
     import io
     import json
 
@@ -272,7 +274,7 @@ def dump_category_encoded_booster(estimator: CategoryEncodedBooster) -> bytes:
     return buffer.getvalue()
 
 
-def load_category_encoded_booster(payload: bytes) -> CategoryEncodedBooster:
+def load_target_encoded_xgboost(payload: bytes) -> TargetEncodedXGBoost:
     import io
     import json
 
@@ -281,7 +283,7 @@ def load_category_encoded_booster(payload: bytes) -> CategoryEncodedBooster:
     with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
         params = json.loads(str(arrays["params_json"]))
         params["feature_names"] = [str(name) for name in arrays["feature_names"]]
-        estimator = CategoryEncodedBooster(**params)
+        estimator = TargetEncodedXGBoost(**params)
         estimator.prior_ = float(arrays["prior"])
         estimator.numeric_prior_ = arrays["numeric_prior"]
         estimator.rate_prior_ = arrays["rate_prior"]

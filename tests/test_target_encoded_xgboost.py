@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.category_encoding import (
-    CategoryEncodedBooster,
+from components.features.trip_features import trip_features
+from components.features.vectorizer import TripVectorizer
+from components.models.target_encoded_xgboost import (
+    TargetEncodedXGBoost,
     _Layout,
-    dump_category_encoded_booster,
-    load_category_encoded_booster,
+    dump_target_encoded_xgboost,
+    load_target_encoded_xgboost,
 )
-from components.features import TripVectorizer, trip_features
 
 
 def _trips(n: int, seed: int) -> pd.DataFrame:
@@ -29,11 +30,11 @@ def _trips(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def fitted() -> tuple[CategoryEncodedBooster, TripVectorizer, pd.DataFrame]:
+def fitted() -> tuple[TargetEncodedXGBoost, TripVectorizer, pd.DataFrame]:
     train = _trips(3000, seed=1)
     vectorizer = TripVectorizer()
     matrix = vectorizer.fit_transform(trip_features(train))
-    model = CategoryEncodedBooster(
+    model = TargetEncodedXGBoost(
         feature_names=list(vectorizer.get_feature_names_out()), n_estimators=80, n_jobs=1
     ).fit(matrix, train["minutes"])
     return model, vectorizer, train
@@ -66,9 +67,9 @@ def test_training_rows_never_see_their_own_target():
     train = pd.concat([train, lonely], ignore_index=True)
     vectorizer = TripVectorizer()
     matrix = vectorizer.fit_transform(trip_features(train))
-    model = CategoryEncodedBooster(feature_names=list(vectorizer.get_feature_names_out()), n_jobs=1)
+    model = TargetEncodedXGBoost(feature_names=list(vectorizer.get_feature_names_out()), n_jobs=1)
     layout = model._layout()
-    from components.category_encoding import _numeric_block, _row_levels
+    from components.models.target_encoded_xgboost import _numeric_block, _row_levels
 
     model.prior_ = float(train["minutes"].mean())
     numeric = _numeric_block(matrix, layout)
@@ -91,9 +92,9 @@ def test_unseen_pairs_fall_back_to_the_prior(fitted):
 
 def test_persistence_round_trip_is_data_only(fitted):
     model, vectorizer, _ = fitted
-    payload = dump_category_encoded_booster(model)
+    payload = dump_target_encoded_xgboost(model)
     assert payload[:2] == b"PK"  # an .npz (zip of .npy arrays); loading uses allow_pickle=False
-    restored = load_category_encoded_booster(payload)
+    restored = load_target_encoded_xgboost(payload)
     matrix = vectorizer.transform(trip_features(_trips(200, seed=4)))
     np.testing.assert_allclose(restored.predict(matrix), model.predict(matrix))
     assert restored.get_params()["smoothing"] == model.smoothing
@@ -101,4 +102,4 @@ def test_persistence_round_trip_is_data_only(fitted):
 
 def test_needs_feature_names():
     with pytest.raises(ValueError, match="feature_names"):
-        CategoryEncodedBooster().fit(np.zeros((2, 1)), [1.0, 2.0])
+        TargetEncodedXGBoost().fit(np.zeros((2, 1)), [1.0, 2.0])

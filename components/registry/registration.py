@@ -21,16 +21,22 @@ from typing import Any
 
 import pandas as pd
 
-from components.checksums import file_sha256
-from components.duration_model import MODEL_FILE_NAME, load_duration_model
-from components.features import FEATURE_FIELDS
-from components.object_store import connection_for, upload_model_files
-from components.registry import CHALLENGER, CHAMPION, PYFUNC_ARTIFACT_KEY, SHA256_TAG, STORAGE_URI_TAG
-from components.tlc_source import S3Connection
-from components.tracking import client_for
+from components.features.trip_features import FEATURE_FIELDS
+from components.models.duration_model import MODEL_FILE_NAME, load_duration_model
+from components.registry.model_store import upload_model_files
+from components.registry.model_code import PYFUNC_ENTRY, stage_model_code
+from components.registry.tracking import client_for
+from components.registry.versions import (
+    CHALLENGER,
+    CHAMPION,
+    PYFUNC_ARTIFACT_KEY,
+    SHA256_TAG,
+    STORAGE_URI_TAG,
+)
+from components.storage.checksums import file_sha256
+from components.storage.object_transfer import connection_for
+from components.storage.s3 import S3Connection
 
-MODEL_CODE_PATH = Path(__file__).with_name("mlflow_model_code.py")
-PACKAGE_DIR = Path(__file__).parent
 # What loading the pyfunc needs; pinned to what trained it. Listing them avoids
 # MLflow's requirement inference, which imports the model in a subprocess.
 PYFUNC_PACKAGES = ("mlflow", "numpy", "pandas", "scipy", "scikit-learn", "skops", "xgboost")
@@ -106,11 +112,11 @@ def register_winner(
         shutil.copyfile(model_file, staged_file)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(MODEL_CODE_PATH),
+            python_model=str(PYFUNC_ENTRY),
             artifacts={PYFUNC_ARTIFACT_KEY: str(staged_file)},
             model_config={"sha256": sha256},
-            # The model loads anywhere with these packages: the project's code travels with it.
-            code_paths=[str(PACKAGE_DIR)],
+            # The model loads anywhere with these packages: the code it needs travels with it.
+            code_paths=[str(stage_model_code(Path(staging) / "code"))],
             pip_requirements=pyfunc_requirements(),
             signature=signature,
             input_example=example,

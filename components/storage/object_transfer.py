@@ -15,9 +15,8 @@ object does not check out, or a request whose urllib3 retries ran out. A
 checksum mismatch is never retried: the store holds different bytes, and
 asking again would only fetch them again.
 
-The model store layout is the cluster contract's (docs/cluster-contract.md):
-``<model_store_uri>/<sha256>/trip_duration_model.zip`` and the
-``trip_duration_model.zip.sha256`` sidecar beside it (hex digest + newline).
+What goes where (the model store's layout) is the registry's business:
+``components.registry.model_store``.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,14 +36,12 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from components.atomic_write import temp_file_beside
-from components.checksums import file_sha256
-from components.duration_model import MODEL_FILE_NAME
-from components.errors import IngestError, ModelIntegrityError, TaxiMlopsError
-from components.tlc_source import S3Connection
+from components.errors import ModelIntegrityError, StorageError
+from components.storage.atomic_write import temp_file_beside
+from components.storage.checksums import file_sha256
+from components.storage.s3 import S3Connection, S3Location, S3UriError, parse_object_uri
 
 SHA256_METADATA: Final = "sha256"  # stored as the x-amz-meta-sha256 header
-SIDECAR_SUFFIX: Final = ".sha256"
 DEFAULT_ATTEMPTS: Final = 3
 DEFAULT_BACKOFF: Final = 0.5  # seconds before the 2nd attempt; doubles after each failure
 _CHUNK: Final = 1 << 20
@@ -59,14 +55,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ObjectStoreError(TaxiMlopsError):
+class ObjectStoreError(StorageError):
     """An object could not be stored or fetched; names the URI, the problem and the S3 code if any."""
 
     def __init__(self, uri: str, problem: str, code: str | None = None) -> None:
         self.uri = uri
-        self.problem = problem
         self.code = code
-        super().__init__(f"{uri}: {problem}")
+        super().__init__(uri, problem)
 
     @property
     def missing(self) -> bool:
@@ -95,37 +90,12 @@ class StoredObject:
     sha256: str
 
 
-@dataclass(frozen=True)
-class StoredModel:
-    """A model file and its sidecar in the contract layout; ``folder_uri`` ends with ``/``."""
-
-    folder_uri: str
-    model: StoredObject
-    sidecar: StoredObject
-
-
-# ----------------------------------------------------------------------- URIs
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); an empty key or one ending with ``/`` is a folder, not a file."""
-    bucket, _, key = uri.removeprefix("s3://").partition("/") if uri.startswith("s3://") else ("", "", "")
-    if not bucket or not key.strip("/") or key.endswith("/"):
-        raise ObjectStoreError(uri, "expected s3://bucket/key")
-    return bucket, key
-
-
-def check_store_uri(uri: str) -> str:
-    """A folder URI (``s3://bucket[/prefix]``) without trailing slashes, or ObjectStoreError."""
-    bucket = uri.removeprefix("s3://").partition("/")[0] if uri.startswith("s3://") else ""
-    if not bucket:
-        raise ObjectStoreError(uri, "expected s3://bucket[/prefix]")
-    return uri.rstrip("/")
-
-
-def model_folder_uri(model_store_uri: str, sha256: str) -> str:
-    """``<model_store_uri>/<sha256>/``: the folder a model version's ``storage_uri`` tag names."""
-    return f"{check_store_uri(model_store_uri)}/{sha256}/"
+def object_location(uri: str) -> S3Location:
+    """The bucket and key of one object, or an ObjectStoreError naming ``uri``."""
+    try:
+        return parse_object_uri(uri)
+    except S3UriError as exc:
+        raise ObjectStoreError(uri, exc.problem) from None
 
 
 def connection_for(uri: str, s3: S3Connection | None) -> S3Connection:
@@ -134,8 +104,8 @@ def connection_for(uri: str, s3: S3Connection | None) -> S3Connection:
         return s3
     try:
         return S3Connection.from_env()
-    except IngestError as exc:
-        raise ObjectStoreError(uri, exc.detail) from exc
+    except StorageError as exc:
+        raise ObjectStoreError(uri, exc.problem) from exc
 
 
 # -------------------------------------------------------------------- uploads
@@ -155,7 +125,8 @@ def upload_file(
     Retries transient failures; if every attempt fails, an object left at ``uri``
     that does not check out is removed, so a cut upload never sits at the final key.
     """
-    bucket, key = parse_s3_uri(uri)
+    location = object_location(uri)
+    bucket, key = location.bucket, location.key
     path = Path(local_path)
     expected = StoredObject(uri, path.stat().st_size, file_sha256(path))
     client = conn.client()
@@ -202,44 +173,6 @@ def _remove_unless_verified(client: Minio, bucket: str, key: str, expected: Stor
         pass
 
 
-def upload_model_files(
-    conn: S3Connection,
-    model_file: Path | str,
-    model_store_uri: str,
-    *,
-    sha256: str | None = None,
-    attempts: int = DEFAULT_ATTEMPTS,
-    backoff: float = DEFAULT_BACKOFF,
-) -> StoredModel:
-    """Upload a model file and its sidecar to ``<model_store_uri>/<sha256>/`` (the contract layout).
-
-    ``sha256`` is the digest the caller already checked; the file must still have it.
-    The model goes first and the sidecar last, so a folder with a sidecar holds a
-    verified model. The local file name does not matter: the key is the canonical one.
-    """
-    path = Path(model_file)
-    digest = file_sha256(path)
-    if sha256 is not None and digest != sha256:
-        raise ObjectIntegrityError(
-            str(path), f"sha256 {digest} does not match the recorded {sha256}; the file changed"
-        )
-    folder = model_folder_uri(model_store_uri, digest)
-    model = upload_file(conn, path, folder + MODEL_FILE_NAME, attempts=attempts, backoff=backoff)
-    with tempfile.TemporaryDirectory(prefix="taxi-mlops-sidecar-") as staging:
-        sidecar_path = Path(staging) / (MODEL_FILE_NAME + SIDECAR_SUFFIX)
-        # Same format as `sha256sum` without the name: serving/model_source.py reads the first token.
-        sidecar_path.write_text(f"{digest}\n", encoding="ascii")
-        sidecar = upload_file(
-            conn,
-            sidecar_path,
-            folder + MODEL_FILE_NAME + SIDECAR_SUFFIX,
-            attempts=attempts,
-            backoff=backoff,
-            content_type="text/plain",
-        )
-    return StoredModel(folder, model, sidecar)
-
-
 # ------------------------------------------------------------------ downloads
 
 
@@ -261,7 +194,8 @@ def download_file(
     size is checked). On any failure ``dest`` is left as it was and no temporary file
     remains. Transient failures are retried; checksum mismatches are not.
     """
-    bucket, key = parse_s3_uri(uri)
+    location = object_location(uri)
+    bucket, key = location.bucket, location.key
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     client = conn.client()
@@ -296,7 +230,8 @@ def read_object(
     backoff: float = DEFAULT_BACKOFF,
 ) -> bytes:
     """The bytes of a small object (a sidecar), retried like a download; refuses objects over ``limit``."""
-    bucket, key = parse_s3_uri(uri)
+    location = object_location(uri)
+    bucket, key = location.bucket, location.key
     client = conn.client()
 
     def attempt() -> bytes:

@@ -5,7 +5,7 @@ Three sources, in order of preference:
 1. ``data_dir``: a file, or a folder holding ``{color}_tripdata_{YYYY-MM}.parquet``
    (air-gapped clusters, tests, the course's ``data/`` folder);
 2. ``s3_uri``: ``s3://bucket/prefix`` on MinIO/S3, fetched with the ``minio`` client
-   through ``components.object_store`` (retried, size-checked; the in-cluster mirror
+   through ``components.storage.object_transfer`` (retried, size-checked; the in-cluster mirror
    a KFP run reads from);
 3. the public TLC CloudFront URL, downloaded once into ``cache_dir``.
 
@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
 
 import requests
-import urllib3
-from minio import Minio
 
-from components.atomic_write import temp_file_beside
+from components.data.tlc_schema import check_request
 from components.errors import IngestError
-from components.tlc_schema import check_request
+from components.names import TLC_BASE_URL
+from components.storage.atomic_write import temp_file_beside
+from components.storage.object_transfer import ObjectStoreError, download_file
+from components.storage.s3 import S3Connection, S3UriError, parse_s3_uri
 
-DEFAULT_BASE_URL: Final = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 PARQUET_MAGIC: Final = b"PAR1"
 _CHUNK: Final = 1 << 20
 _TLC_NAME_RE: Final = re.compile(r"^(green|yellow)_tripdata_(\d{4}-\d{2})\.parquet$")
@@ -57,58 +56,6 @@ class ResolvedFile:
     description: str
 
 
-@dataclass(frozen=True)
-class S3Connection:
-    """How to reach an S3-compatible store; passed explicitly so tests need no env."""
-
-    endpoint: str  # host[:port], no scheme, as the minio client wants it
-    access_key: str
-    secret_key: str = field(repr=False)
-    secure: bool = True
-    region: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Connection:
-        """Read AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and S3_ENDPOINT_URL.
-
-        S3_ENDPOINT_URL must carry its scheme (``http://minio-service.kubeflow:9000``)
-        because the scheme decides TLS; unset means AWS S3 itself.
-        """
-        env = os.environ if env is None else env
-        unset = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(k)]
-        if unset:
-            raise IngestError("environment", "bad_request", f"S3 access needs {', '.join(unset)} to be set")
-        url = env.get("S3_ENDPOINT_URL") or "https://s3.amazonaws.com"
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise IngestError(
-                "environment",
-                "bad_request",
-                f"S3_ENDPOINT_URL must look like http(s)://host[:port], got {url!r}",
-            )
-        return cls(
-            endpoint=parts.netloc,
-            access_key=env["AWS_ACCESS_KEY_ID"],
-            secret_key=env["AWS_SECRET_ACCESS_KEY"],
-            secure=parts.scheme == "https",
-        )
-
-    def client(self) -> Minio:
-        """A minio client with bounded retries/timeouts, so a dead endpoint fails in seconds."""
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=10, read=120),
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-        )
-        return Minio(
-            self.endpoint,
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            secure=self.secure,
-            region=self.region,
-            http_client=http,
-        )
-
-
 def resolve_trip_file(
     color: str,
     month: str,
@@ -117,7 +64,7 @@ def resolve_trip_file(
     s3_uri: str | None = None,
     s3: S3Connection | None = None,
     cache_dir: Path | str | None = None,
-    base_url: str = DEFAULT_BASE_URL,
+    base_url: str = TLC_BASE_URL,
     timeout: float = 60.0,
 ) -> ResolvedFile:
     """Return a local parquet path for (color, month), fetching it if needed.
@@ -184,19 +131,16 @@ def _http_status_detail(response: requests.Response) -> str:
 
 
 def _parse_s3_uri(uri: str, file_name: str) -> tuple[str, str]:
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise IngestError(uri, "bad_request", "S3 location must look like s3://bucket[/prefix]")
-    prefix = parts.path.strip("/")
-    return parts.netloc, f"{prefix}/{file_name}" if prefix else file_name
+    try:
+        location = parse_s3_uri(uri).join(file_name)
+    except S3UriError:
+        raise IngestError(uri, "bad_request", "S3 location must look like s3://bucket[/prefix]") from None
+    return location.bucket, location.key
 
 
 def _from_s3(conn: S3Connection, bucket: str, key: str, dest: Path) -> ResolvedFile:
     # Always re-fetched: the bucket is the in-cluster source of truth and may be
     # re-uploaded, while a cluster-local transfer is cheap.
-    # object_store builds on S3Connection (defined here), hence the import in the function.
-    from components.object_store import ObjectStoreError, download_file
-
     uri = f"s3://{bucket}/{key}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with temp_file_beside(dest) as (tmp, tmp_path):

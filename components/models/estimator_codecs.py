@@ -7,7 +7,7 @@ must never execute code. Each codec uses a format that is data only:
   list of trusted types (the estimator's own class); anything else in the file
   is refused.
 * ``xgboost-ubj``: XGBoost's own Universal Binary JSON model format.
-* ``category-encoded-xgboost``: an ``.npz`` of plain arrays (loaded with
+* ``target-encoded-xgboost``: an ``.npz`` of plain arrays (loaded with
   ``allow_pickle=False``) holding the encodings and the booster's UBJ bytes.
 """
 
@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.errors import ModelIntegrityError
+
+TARGET_ENCODED_CODEC = "target-encoded-xgboost"
+# Model files written before the model took its candidate's name (0.1.0) say this instead.
+_LEGACY_CODEC_NAMES = {"category-encoded-xgboost": TARGET_ENCODED_CODEC}
 
 
 @dataclass(frozen=True)
@@ -73,19 +77,25 @@ def _xgboost_load(payload: bytes, estimator_type: str) -> Any:
     return estimator
 
 
-def _category_encoded_dump(estimator: Any) -> bytes:
-    from components.category_encoding import dump_category_encoded_booster
+def _target_encoded_dump(estimator: Any) -> bytes:
+    from components.models.target_encoded_xgboost import dump_target_encoded_xgboost
 
-    return dump_category_encoded_booster(estimator)
+    return dump_target_encoded_xgboost(estimator)
 
 
-def _category_encoded_load(payload: bytes, estimator_type: str) -> Any:
-    from components.category_encoding import CategoryEncodedBooster, load_category_encoded_booster
+def _target_encoded_load(payload: bytes, estimator_type: str) -> Any:
+    from components.models.target_encoded_xgboost import (
+        LEGACY_TYPE_NAMES,
+        TargetEncodedXGBoost,
+        load_target_encoded_xgboost,
+    )
 
-    expected = f"{CategoryEncodedBooster.__module__}.{CategoryEncodedBooster.__qualname__}"
-    if estimator_type != expected:
-        raise ModelIntegrityError(f"category-encoded-xgboost codec cannot restore a {estimator_type}")
-    return load_category_encoded_booster(payload)
+    if (
+        estimator_type != qualified_type_name(TargetEncodedXGBoost())
+        and estimator_type not in LEGACY_TYPE_NAMES
+    ):
+        raise ModelIntegrityError(f"{TARGET_ENCODED_CODEC} codec cannot restore a {estimator_type}")
+    return load_target_encoded_xgboost(payload)
 
 
 CODECS: dict[str, EstimatorCodec] = {
@@ -93,16 +103,14 @@ CODECS: dict[str, EstimatorCodec] = {
     for codec in (
         EstimatorCodec("skops", "estimator.skops", _skops_dump, _skops_load),
         EstimatorCodec("xgboost-ubj", "estimator.ubj", _xgboost_dump, _xgboost_load),
-        EstimatorCodec(
-            "category-encoded-xgboost", "estimator.npz", _category_encoded_dump, _category_encoded_load
-        ),
+        EstimatorCodec(TARGET_ENCODED_CODEC, "estimator.npz", _target_encoded_dump, _target_encoded_load),
     )
 }
 
 
 def codec_named(name: str) -> EstimatorCodec:
     try:
-        return CODECS[name]
+        return CODECS[_LEGACY_CODEC_NAMES.get(name, name)]
     except KeyError:
         raise ModelIntegrityError(
             f"unknown estimator codec {name!r}; known: {', '.join(sorted(CODECS))}"

@@ -30,7 +30,7 @@ class CandidateSpec:
     name: str
     build: Callable[..., Regressor]
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    codec: str = "skops"  # a key of components.estimator_codecs.CODECS
+    codec: str = "skops"  # a key of components.models.estimator_codecs.CODECS
     description: str = ""
     # The estimator is told the vectorizer's feature names (it reads the one-hot groups from them).
     needs_feature_names: bool = False
@@ -54,10 +54,10 @@ def _ridge(**params: Any) -> Regressor:
     return Ridge(**params)
 
 
-def _category_encoded_xgboost(**params: Any) -> Regressor:
-    from components.category_encoding import CategoryEncodedBooster
+def _target_encoded_xgboost(**params: Any) -> Regressor:
+    from components.models.target_encoded_xgboost import TargetEncodedXGBoost
 
-    return CategoryEncodedBooster(**params)
+    return TargetEncodedXGBoost(**params)
 
 
 def _xgboost(**params: Any) -> Regressor:
@@ -111,7 +111,7 @@ CANDIDATES: dict[str, CandidateSpec] = {
         ),
         CandidateSpec(
             "target_encoded_xgboost",
-            _category_encoded_xgboost,
+            _target_encoded_xgboost,
             {
                 "smoothing": 10.0,
                 "n_folds": 5,
@@ -121,7 +121,7 @@ CANDIDATES: dict[str, CandidateSpec] = {
                 "random_state": 42,
                 "n_jobs": 2,
             },
-            codec="category-encoded-xgboost",
+            codec="target-encoded-xgboost",
             description="XGBoost on out-of-fold target encodings of each pickup/dropoff pair",
             needs_feature_names=True,
         ),

@@ -19,6 +19,10 @@ from mlflow.tracking import MlflowClient
 PIPELINE_RUN_TAG = "taxi_mlops.pipeline_run"
 KFP_JOB_TAG = "taxi_mlops.kfp_job_id"
 CANDIDATE_TAG = "taxi_mlops.candidate"
+# Where the register step leaves the whole run's summary, in the parent MLflow run.
+SUMMARY_ARTIFACT = "pipeline/summary.json"
+# What the deploy step did, as a tag on the parent MLflow run.
+DEPLOYMENT_TAG = "deployment"
 
 
 def client_for(tracking_uri: str) -> MlflowClient:

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from components.duration_model import TripDurationModel, load_duration_model
+from components.models.duration_model import TripDurationModel, load_duration_model
 
 
 class TripDurationPyfunc(PythonModel):

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from components.errors import ModelIntegrityError
-from components.estimator_codecs import codec_named, qualified_type_name
-from components.features import FEATURE_FIELDS, TripVectorizer, trip_features
+from components.features.trip_features import FEATURE_FIELDS, TARGET_COLUMN, trip_features
+from components.features.vectorizer import TripVectorizer
+from components.models.estimator_codecs import codec_named, qualified_type_name
 
 MODEL_FORMAT = "taxi-mlops/trip-duration-model"
 MODEL_FORMAT_VERSION = 1
@@ -70,7 +71,7 @@ class TripDurationModel:
             "estimator_type": qualified_type_name(self.estimator),
             "codec": codec.name,
             "inputs": list(FEATURE_FIELDS),
-            "output": "trip_duration_minutes",
+            "output": TARGET_COLUMN,
             "metadata": self.metadata,
         }
         target = Path(path)

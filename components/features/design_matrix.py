@@ -18,9 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from components.errors import TaxiMlopsError
-from components.features import FeatureError, TripVectorizer, trip_features
-
-TARGET_COLUMN = "trip_duration_minutes"
+from components.features.trip_features import TARGET_COLUMN, FeatureError, trip_features
+from components.features.vectorizer import TripVectorizer
 
 # Arrays stored in a design-matrix .npz; nothing else is accepted on load.
 _NPZ_KEYS = frozenset({"data", "indices", "indptr", "shape", "target"})

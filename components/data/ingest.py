@@ -23,9 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.checksums import file_sha256
-from components.errors import IngestError
-from components.tlc_schema import (
+from components.data.tlc_schema import (
     CLEAN_COLUMNS,
     DO_LOCATION,
     DROPOFF,
@@ -41,7 +39,11 @@ from components.tlc_schema import (
     normalize_trips,
     required_columns,
 )
-from components.tlc_source import DEFAULT_BASE_URL, S3Connection, resolve_trip_file
+from components.data.tlc_source import resolve_trip_file
+from components.errors import IngestError
+from components.names import TLC_BASE_URL
+from components.storage.checksums import file_sha256
+from components.storage.s3 import S3Connection
 
 MIN_DURATION_MINUTES: Final = 1.0
 MAX_DURATION_MINUTES: Final = 60.0
@@ -93,7 +95,7 @@ def load_month(
     s3_uri: str | None = None,
     s3: S3Connection | None = None,
     cache_dir: Path | str | None = None,
-    base_url: str = DEFAULT_BASE_URL,
+    base_url: str = TLC_BASE_URL,
 ) -> tuple[pd.DataFrame, IngestReport]:
     """Locate, read and clean one month; see ``resolve_trip_file`` for the sources."""
     check_request(color, month)

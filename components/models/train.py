@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from components.candidates import build_estimator, candidate_spec, resolve_params
-from components.duration_model import TripDurationModel
-from components.features import TripVectorizer
-from components.metrics import regression_metrics
-from components.vectorize import DesignMatrix
+from components.features.design_matrix import DesignMatrix
+from components.features.vectorizer import TripVectorizer
+from components.models.candidates import build_estimator, candidate_spec, resolve_params
+from components.models.duration_model import TripDurationModel
+from components.models.metrics import regression_metrics
 
 
 @dataclass(frozen=True)

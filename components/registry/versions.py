@@ -14,9 +14,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from components.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 from components.errors import ModelIntegrityError
-from components.tracking import client_for
+from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.registry.tracking import client_for
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -13,7 +13,7 @@ Nothing here defines a feature: the table is the vectorizer's output, and
 :meth:`PairLookup.build` checks it against the model's ``predict`` on every pair
 (with varied distances) before it is used, so the lookup gives the model's
 numbers bit for bit or is not built at all. For an estimator that encodes its
-input itself (``CategoryEncodedBooster``), the encoded rows are tabled too,
+input itself (``TargetEncodedXGBoost``), the encoded rows are tabled too,
 after checking that only the trailing distance column varies with distance.
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from components.duration_model import TripDurationModel
-from components.features import trip_features
+from components.features.trip_features import trip_features
+from components.models.duration_model import TripDurationModel
 
 # Distances used to probe which parts of a row depend on the distance.
 _PROBE_DISTANCES = (1.0, 7.25)

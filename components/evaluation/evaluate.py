@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.duration_model import TripDurationModel
-from components.metrics import regression_metrics
-
-TARGET_COLUMN = "trip_duration_minutes"
+from components.evaluation.gate import GateDecision, gate_against_champion
+from components.features.trip_features import TARGET_COLUMN
+from components.models.duration_model import TripDurationModel
+from components.models.metrics import regression_metrics
 
 
 @dataclass(frozen=True)
@@ -28,19 +28,6 @@ class CandidateScore:
     train_seconds: float
     params: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str = ""
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """Whether the winner may replace the champion, and why."""
-
-    passed: bool
-    reason: str
-    challenger: str
-    challenger_rmse: float
-    champion_rmse: float | None
-    champion_version: str | None
-    min_improvement: float
 
 
 @dataclass(frozen=True)
@@ -61,43 +48,6 @@ def score_model(model: TripDurationModel, trips: pd.DataFrame) -> tuple[dict[str
     """RMSE/MAE of ``model`` on cleaned ``trips`` and its predictions."""
     predictions = model.predict(trips)
     return regression_metrics(trips[TARGET_COLUMN].to_numpy(), predictions), predictions
-
-
-def gate_against_champion(
-    challenger: str,
-    challenger_rmse: float,
-    champion_rmse: float | None,
-    champion_version: str | None,
-    min_improvement: float,
-) -> GateDecision:
-    """Pass when there is no champion, or the challenger's RMSE is lower by the relative margin.
-
-    ``min_improvement`` is a fraction of the champion's RMSE (0.01 = 1% lower);
-    the comparison is strict, so an equally good model never replaces the champion.
-    """
-    if not 0.0 <= min_improvement < 1.0:
-        raise ValueError(f"gate margin min_improvement must be in [0, 1), got {min_improvement}")
-    if champion_rmse is None:
-        return GateDecision(
-            True,
-            f"no champion yet: {challenger} (RMSE {challenger_rmse:.4f}) becomes the first champion",
-            challenger,
-            challenger_rmse,
-            None,
-            None,
-            min_improvement,
-        )
-    threshold = champion_rmse * (1.0 - min_improvement)
-    passed = challenger_rmse < threshold
-    verdict = "beats" if passed else "does not beat"
-    reason = (
-        f"{challenger} RMSE {challenger_rmse:.4f} {verdict} champion v{champion_version} "
-        f"RMSE {champion_rmse:.4f} by the required {min_improvement:.1%} "
-        f"(needs < {threshold:.4f})"
-    )
-    return GateDecision(
-        passed, reason, challenger, challenger_rmse, champion_rmse, champion_version, min_improvement
-    )
 
 
 def evaluate_candidates(

@@ -38,7 +38,7 @@ def open_tracking_run(
     """
     import json
 
-    from components.steps import open_run_step
+    from pipelines.steps.tracking_run import open_run_step
 
     run_id = open_run_step(
         tracking_uri,
@@ -57,7 +57,7 @@ def close_tracking_run(
     tracking_uri: str, experiment: str, kfp_job_id: str, status: dsl.PipelineTaskFinalStatus
 ) -> None:
     """Exit handler: mark the MLflow parent run FINISHED or FAILED, whatever happened."""
-    from components.steps import close_run_step
+    from pipelines.steps.tracking_run import close_run_step
 
     close_run_step(tracking_uri, experiment, kfp_job_id, status.state, status.error_message or "")
 
@@ -73,7 +73,7 @@ def ingest(
     trips: Output[Dataset],
 ) -> dict:
     """Read one month of TLC trips, clean it; returns the ingest report."""
-    from components.steps import ingest_step
+    from pipelines.steps.ingest import ingest_step
 
     report = ingest_step(
         color=color,
@@ -97,7 +97,7 @@ def vectorize(
     vectorizer: Output[Model],
 ) -> None:
     """Fit the PU_DO + trip_distance vectorizer on the training month; transform both months."""
-    from components.steps import vectorize_step
+    from pipelines.steps.vectorize import vectorize_step
 
     # The matrices carry their data lineage (file, sha256, row counts) on to training.
     lineage = {"data": [dict(train_trips.metadata), dict(val_trips.metadata)]}
@@ -123,7 +123,7 @@ def train(
     model: Output[Model],
 ) -> None:
     """Fit one candidate (a ParallelFor iteration)."""
-    from components.steps import train_step
+    from pipelines.steps.train import train_step
 
     result = train_step(
         candidate=candidate,
@@ -168,7 +168,7 @@ def evaluate(
     """
     import json
 
-    from components.steps import evaluate_step
+    from pipelines.steps.evaluate import evaluate_step
 
     summary = evaluate_step(
         model_paths=[candidate_model.path for candidate_model in models],
@@ -217,7 +217,7 @@ def register(
     """
     import json
 
-    from components.steps import register_step
+    from pipelines.steps.register import register_step
 
     with open(evaluation.path, encoding="utf-8") as handle:
         evaluated = json.load(handle)
@@ -256,7 +256,7 @@ def deploy(
     """
     import json
 
-    from components.steps import deploy_step
+    from pipelines.steps.deploy import deploy_step
 
     with open(summary.path, encoding="utf-8") as handle:
         registration = json.load(handle)["registration"]

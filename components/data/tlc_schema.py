@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import IngestError
+from components.features.trip_features import TARGET_COLUMN
 
 Color = Literal["green", "yellow"]
 COLORS: Final[tuple[str, ...]] = ("green", "yellow")
@@ -29,7 +30,7 @@ DROPOFF: Final = "dropoff_datetime"
 PU_LOCATION: Final = "PULocationID"
 DO_LOCATION: Final = "DOLocationID"
 TRIP_DISTANCE: Final = "trip_distance"
-DURATION: Final = "trip_duration_minutes"
+DURATION: Final = TARGET_COLUMN  # the label, named where the features are defined
 
 NORMALIZED_COLUMNS: Final[tuple[str, ...]] = (PICKUP, DROPOFF, PU_LOCATION, DO_LOCATION, TRIP_DISTANCE)
 CLEAN_COLUMNS: Final[tuple[str, ...]] = (PICKUP, PU_LOCATION, DO_LOCATION, TRIP_DISTANCE, DURATION)

@@ -1,0 +1,1 @@
+"""Scoring candidates and the champion on the same trips, the gate, and the HTML evaluation report."""

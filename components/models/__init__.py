@@ -1,0 +1,1 @@
+"""The candidate models, the one model file format, safe estimator codecs, and fitting a candidate."""

@@ -1,0 +1,32 @@
+"""The names that several modules, the manifests and the docs agree on, each defined once here.
+
+Change one here and the manifest tests (tests/test_manifests.py) say which
+YAML must follow; docs/cluster-contract.md explains each of them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- the model
+#: The registered model in MLflow (and the default experiment): one name for one model.
+REGISTERED_MODEL_NAME: Final = "taxi-trip-duration"
+EXPERIMENT_NAME: Final = "taxi-trip-duration"
+#: The model's name on the inference API: /v1/models/duration:predict, /v2/models/duration/infer.
+SERVED_MODEL_NAME: Final = "duration"
+
+# --- the data
+#: Where the TLC publishes its monthly trip files ({color}_tripdata_{YYYY-MM}.parquet).
+TLC_BASE_URL: Final = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+
+# --- the cluster (docs/cluster-contract.md)
+NAMESPACE: Final = "taxi-mlops"
+INFERENCE_SERVICE: Final = "taxi-duration"
+SERVING_RUNTIME: Final = "taxi-duration-runtime"
+RUNTIME_MODEL_FORMAT: Final = "taxi-duration"
+PREDICTOR_SERVICE_ACCOUNT: Final = "taxi-duration-predictor"
+S3_SECRET: Final = "taxi-mlops-s3"
+S3_ENDPOINT_URL: Final = f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
+MLFLOW_TRACKING_URI: Final = f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000"
+PIPELINE_ROOT: Final = "s3://kfp-artifacts/pipeline-root"
+MODEL_STORE_URI: Final = f"s3://models/{REGISTERED_MODEL_NAME}"

@@ -1,0 +1,1 @@
+"""Moving bytes safely: s3:// locations and connections, verified transfers, checksums, atomic writes."""

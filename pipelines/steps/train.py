@@ -1,0 +1,59 @@
+"""Train step: fit one candidate in its own nested MLflow run and save its model file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from components.features.design_matrix import load_design_matrix, load_vectorizer
+from components.models.train import fit_candidate
+from components.registry import tracking
+from pipelines.steps.notes import log
+
+
+def train_step(
+    *,
+    candidate: Mapping[str, Any],
+    train_matrix_path: str,
+    val_matrix_path: str,
+    vectorizer_path: str,
+    data_reports: Sequence[Mapping[str, Any]],
+    tracking_uri: str,
+    parent_run_id: str,
+    model_path: str,
+) -> dict[str, Any]:
+    """Fit one candidate inside its own nested MLflow run and save the model file."""
+
+    name = str(candidate["name"])
+    overrides = dict(candidate.get("params") or {})
+    with tracking.candidate_run(tracking_uri, parent_run_id, name) as run_id:
+        model, result = fit_candidate(
+            name,
+            overrides,
+            load_vectorizer(vectorizer_path),
+            load_design_matrix(train_matrix_path),
+            load_design_matrix(val_matrix_path),
+        )
+        model.metadata.update(
+            {"train_seconds": result.train_seconds, "mlflow_run_id": run_id, "data": list(data_reports)}
+        )
+        sha256 = model.save(model_path)
+        tracking.log_run_values(
+            tracking_uri,
+            run_id,
+            params={"candidate": name, **result.params, **_lineage_params(data_reports)},
+            metrics={"rmse": result.rmse, "mae": result.mae, "train_seconds": result.train_seconds},
+            tags={"model_sha256": sha256},
+        )
+    log.info("%s: RMSE %.4f MAE %.4f (%.1fs)", name, result.rmse, result.mae, result.train_seconds)
+    return {**result.to_dict(), "mlflow_run_id": run_id}
+
+
+def _lineage_params(data_reports: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for report in data_reports:
+        prefix = f"data.{report['color']}.{report['month']}"
+        params[f"{prefix}.source"] = str(report["source"])
+        params[f"{prefix}.sha256"] = str(report["sha256"])
+        params[f"{prefix}.rows"] = str(report["rows_kept"])
+    return params
