@@ -7,7 +7,6 @@ turns it into pipeline parameters.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import click
 
 from components.errors import TaxiMlopsError
 from components.models.candidates import CANDIDATES
+from components.names import EXPERIMENT_NAME, INFERENCE_SERVICE, NAMESPACE, SERVED_MODEL_NAME
 from pipelines.settings import Settings
 
 MONTH = click.STRING
@@ -54,7 +54,19 @@ def _training_options(command: Any) -> Any:
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ErrorBoundary(click.Group):
+    """The CLI's one error boundary: a problem the user can fix (any ``TaxiMlopsError``, whichever
+    command and layer raised it) becomes one red ``error:`` line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TaxiMlopsError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=ErrorBoundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="taxi-mlops")
 def main() -> None:
     """NYC taxi trip duration: train, register and deploy with Kubeflow Pipelines, MLflow and KServe."""
@@ -106,24 +118,19 @@ def run(
     from pipelines.local_run import RunRequest, run_pipeline_locally
 
     settings = Settings.from_env(state_dir=state_dir)
-    try:
-        candidates = parse_candidates(candidate_names, param_overrides)
-        request = RunRequest(
-            color=color,
-            train_month=train_month,
-            val_month=val_month,
-            data_dir=str(data_dir) if data_dir else None,
-            s3_uri=s3_uri,
-            candidates=candidates,
-            min_improvement=min_improvement,
-            canary_percent=canary_percent,
-            deploy=not no_deploy,
-        )
-        click.echo(f"MLflow: {settings.tracking_uri}  (experiment {settings.experiment!r})")
-        summary = run_pipeline_locally(settings, request, progress=click.echo, verbose=verbose)
-    except TaxiMlopsError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(1)
+    request = RunRequest(
+        color=color,
+        train_month=train_month,
+        val_month=val_month,
+        data_dir=str(data_dir) if data_dir else None,
+        s3_uri=s3_uri,
+        candidates=parse_candidates(candidate_names, param_overrides),
+        min_improvement=min_improvement,
+        canary_percent=canary_percent,
+        deploy=not no_deploy,
+    )
+    click.echo(f"MLflow: {settings.tracking_uri}  (experiment {settings.experiment!r})")
+    summary = run_pipeline_locally(settings, request, progress=click.echo, verbose=verbose)
     click.echo(render_summary(summary))
     if summary_out:
         summary_out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +173,7 @@ def compile_command(output: Path, cluster: bool) -> None:
     show_default=True,
     help="KFP UI or API address (the kind cluster maps the KFP UI, which proxies the API, to 8880).",
 )
-@click.option("--experiment", default="taxi-trip-duration", show_default=True, help="KFP experiment.")
+@click.option("--experiment", default=EXPERIMENT_NAME, show_default=True, help="KFP experiment.")
 @click.option("--run-name", default="", help="Run (or recurring run) name; KFP picks one by default.")
 @click.option(
     "--schedule",
@@ -218,11 +225,7 @@ def submit(
         arguments["s3_uri"] = s3_uri
     if no_deploy:
         arguments["inference_service"] = ""
-    try:
-        submitted = submit_to_kfp(Submission(host, experiment, arguments, run_name, schedule))
-    except TaxiMlopsError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(1)
+    submitted = submit_to_kfp(Submission(host, experiment, arguments, run_name, schedule))
     click.echo(f"started {submitted.kind} {submitted.id}: {submitted.url}")
 
 
@@ -247,8 +250,6 @@ def _state_dir_option(command: Any) -> Any:
 
 def _cluster_options(command: Any) -> Any:
     """--cluster and how to reach it, shared by deploy/promote/rollback/status."""
-    from serving.kserve_deploy import NAMESPACE
-
     options = [
         click.option(
             "--cluster",
@@ -273,7 +274,7 @@ def _cluster_options(command: Any) -> Any:
 
 def _cluster_target(settings: Settings, namespace: str, kube_context: str | None, timeout: float) -> Any:
     from serving.cluster_rollout import ClusterTarget, connect
-    from serving.kserve_deploy import ISVC_NAME, IsvcRef
+    from serving.kserve_deploy import IsvcRef
 
     if not settings.tracking_uri_from_env:
         raise click.UsageError(
@@ -285,20 +286,14 @@ def _cluster_target(settings: Settings, namespace: str, kube_context: str | None
         api=connect(context=kube_context),
         tracking_uri=settings.tracking_uri,
         model_name=settings.model_name,
-        ref=IsvcRef(ISVC_NAME, namespace),
+        ref=IsvcRef(INFERENCE_SERVICE, namespace),
         timeout_seconds=timeout,
     )
 
 
 def _run_rollout(action: Any) -> None:
-    """Run one deployment action; user errors become one red line and exit code 1."""
-    from serving.deployment_state import DeploymentStateError
-
-    try:
-        transition = action()
-    except (TaxiMlopsError, DeploymentStateError, ValueError) as exc:  # ClusterRolloutError included
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(1)
+    """Run one deployment action and say what changed."""
+    transition = action()
     click.echo(transition.message)
     click.echo(f"now: {transition.state.describe()}")
 
@@ -399,13 +394,9 @@ def status(
     if cluster:
         from serving import cluster_rollout
 
-        try:
-            target = _cluster_target(settings, namespace, kube_context, timeout)
-            for line in cluster_rollout.status(target).lines(target.ref):
-                click.echo(line)
-        except TaxiMlopsError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(1)
+        target = _cluster_target(settings, namespace, kube_context, timeout)
+        for line in cluster_rollout.status(target).lines(target.ref):
+            click.echo(line)
         return
     state = load_state(settings.deployment_state_path)
     click.echo(f"desired: {state.describe()}")
@@ -426,35 +417,30 @@ def status(
 @_state_dir_option
 def serve(host: str, port: int, state_dir: Path | None) -> None:
     """Run the local serving stack in the foreground: traffic splitter + one predictor per revision."""
-    from components.registry.versions import version_for_alias
+    from components.registry.versions import CHAMPION, version_for_alias
     from serving.deployment_state import load_state
     from serving.local_stack import run_local_stack
     from serving.rollout import deploy_version
 
     settings = Settings.from_env(state_dir=state_dir)
     if load_state(settings.deployment_state_path).champion is None:
-        champion = version_for_alias(settings.tracking_uri, settings.model_name, "champion")
+        champion = version_for_alias(settings.tracking_uri, settings.model_name, CHAMPION)
         if champion is None:
-            click.secho("error: nothing to serve yet: run `taxi-mlops run` first", fg="red", err=True)
-            sys.exit(1)
+            raise TaxiMlopsError("nothing to serve yet: run `taxi-mlops run` first")
         click.echo(deploy_version(_rollout_target(settings), str(champion.version), 0).message)
     base = f"http://{host}:{port}"
     click.echo(
         "try:\n"
-        f"  curl -s {base}/v1/models/duration:predict -H 'Content-Type: application/json' \\\n"
+        f"  curl -s {base}/v1/models/{SERVED_MODEL_NAME}:predict -H 'Content-Type: application/json' \\\n"
         """    -d '{"instances": [{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}]}'"""
     )
-    try:
-        run_local_stack(
-            settings.deployment_state_path,
-            host=host,
-            port=port,
-            log_dir=settings.state_dir / "deployment" / "logs",
-            progress=click.echo,
-        )
-    except TaxiMlopsError as exc:  # e.g. the port is taken
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(1)
+    run_local_stack(
+        settings.deployment_state_path,
+        host=host,
+        port=port,
+        log_dir=settings.state_dir / "deployment" / "logs",
+        progress=click.echo,
+    )
 
 
 def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -14,13 +14,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.errors import TaxiMlopsError
 from components.models.duration_model import MODEL_FILE_NAME
 from components.registry.tracking import client_for
-from components.registry.versions import fetch_model_file
+from components.registry.versions import SHA256_TAG, fetch_model_file
 from components.storage.checksums import file_sha256
 from serving.deployment_state import Revision, Transition, promote, rollback, update_state
 from serving.deployment_state import deploy as deploy_transition
 from serving.registry_aliases import aliases_after_deploy, aliases_follow_champion
+
+
+class UnknownVersionError(TaxiMlopsError, ValueError):
+    """The registry has no such version of the model."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,9 @@ def _stage_revision(target: RolloutTarget, version: str) -> Revision:
     try:
         model_version = client.get_model_version(target.model_name, version)
     except MlflowException as exc:
-        raise ValueError(f"model {target.model_name!r} has no version {version}") from exc
+        raise UnknownVersionError(f"model {target.model_name!r} has no version {version}") from exc
     folder = target.models_dir / f"v{version}"
-    recorded = model_version.tags.get("model_sha256", "")
+    recorded = model_version.tags.get(SHA256_TAG, "")
     staged = folder / MODEL_FILE_NAME
     if recorded and staged.is_file() and file_sha256(staged) == recorded:
         # Already staged (deploying again is a no-op): keep the file a running predictor came from.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -13,17 +15,19 @@ from pipelines.cli import main
 from pipelines.kfp_components import PIPELINE_IMAGE
 from pipelines.training_pipeline import PIPELINE_NAME
 
-EXPECTED_EXECUTORS = {
-    "exec-open-tracking-run",
-    "exec-close-tracking-run",
-    "exec-ingest",
-    "exec-ingest-2",
-    "exec-vectorize",
-    "exec-train",
-    "exec-evaluate",
-    "exec-register",
-    "exec-deploy",
+# Each component body imports its step from the step's own module in pipelines/steps/.
+STEP_HOMES = {
+    "exec-open-tracking-run": ("pipelines.steps.tracking_run", "open_run_step"),
+    "exec-close-tracking-run": ("pipelines.steps.tracking_run", "close_run_step"),
+    "exec-ingest": ("pipelines.steps.ingest", "ingest_step"),
+    "exec-ingest-2": ("pipelines.steps.ingest", "ingest_step"),
+    "exec-vectorize": ("pipelines.steps.vectorize", "vectorize_step"),
+    "exec-train": ("pipelines.steps.train", "train_step"),
+    "exec-evaluate": ("pipelines.steps.evaluate", "evaluate_step"),
+    "exec-register": ("pipelines.steps.register", "register_step"),
+    "exec-deploy": ("pipelines.steps.deploy", "deploy_step"),
 }
+EXPECTED_EXECUTORS = set(STEP_HOMES)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,14 @@ def test_every_step_runs_in_the_project_image_without_pip(pipeline_ir):
         assert container["image"] == PIPELINE_IMAGE, name
         script = "\n".join(container["command"] + container.get("args", []))
         assert "pip install" not in script, f"{name} would pip install at start-up"
-        assert "from components.steps import" in script, name
+        project_imports = [
+            found
+            for found in re.findall(r"^\s*from (\S+) import (\w+)$", script, flags=re.MULTILINE)
+            if found[0].split(".")[0] in {"components", "serving", "pipelines"}
+        ]
+        assert project_imports == [STEP_HOMES[name]], name
+        module, function = STEP_HOMES[name]
+        assert callable(getattr(importlib.import_module(module), function)), name
 
 
 def test_outputs_for_the_kfp_ui(pipeline_ir):

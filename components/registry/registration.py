@@ -23,8 +23,8 @@ import pandas as pd
 
 from components.features.trip_features import FEATURE_FIELDS
 from components.models.duration_model import MODEL_FILE_NAME, load_duration_model
-from components.registry.model_store import upload_model_files
 from components.registry.model_code import PYFUNC_ENTRY, stage_model_code
+from components.registry.model_store import upload_model_files
 from components.registry.tracking import client_for
 from components.registry.versions import (
     CHALLENGER,
