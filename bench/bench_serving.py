@@ -4,7 +4,7 @@ Not a test. In one run on this machine it
 
 1. trains one model (default ``target_encoded_xgboost``, the production winner) on
    green 2021-01 / validates on 2021-02 from ``--data-dir`` (generated TLC-like
-   files from ``tests/tlc_fixtures`` when the real ones are absent), saves it
+   files from ``tests/support/tlc_fixtures`` when the real ones are absent), saves it
    with ``TripDurationModel.save`` and samples real validation rides as request
    bodies;
 2. calibrates the load client against a trivial HTTP endpoint (a few lines of
@@ -154,7 +154,7 @@ def child_build(spec: dict[str, Any]) -> None:
     data_source = f"real TLC files in {data_dir}"
     if not all((data_dir / name).is_file() for name in names):
         sys.path.insert(0, str(REPO / "tests"))
-        from tlc_fixtures import write_tlc_dir
+        from support.tlc_fixtures import write_tlc_dir
 
         data_dir = write_tlc_dir(out / "generated_tlc", rows=spec["generated_rows"], seed=spec["seed"])
         data_source = f"GENERATED ({spec['generated_rows']} rows/month; real files absent from --data-dir)"

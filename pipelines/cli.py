@@ -15,6 +15,7 @@ import click
 from components.errors import TaxiMlopsError
 from components.models.candidates import CANDIDATES
 from components.names import EXPERIMENT_NAME, INFERENCE_SERVICE, NAMESPACE, SERVED_MODEL_NAME
+from components.storage.atomic_write import write_atomically
 from pipelines.settings import Settings
 
 MONTH = click.STRING
@@ -133,8 +134,7 @@ def run(
     summary = run_pipeline_locally(settings, request, progress=click.echo, verbose=verbose)
     click.echo(render_summary(summary))
     if summary_out:
-        summary_out.parent.mkdir(parents=True, exist_ok=True)
-        summary_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_atomically(summary_out, json.dumps(summary, indent=2) + "\n")
         click.echo(f"summary written to {summary_out}")
 
 

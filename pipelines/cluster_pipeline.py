@@ -16,18 +16,24 @@ from __future__ import annotations
 from kfp import compiler, dsl
 from kfp.dsl.base_component import BaseComponent
 
+from components.names import (
+    INFERENCE_SERVICE,
+    MLFLOW_TRACKING_URI,
+    MODEL_STORE_URI,
+    NAMESPACE,
+    PIPELINE_ROOT,
+    S3_ENDPOINT_URL,
+    S3_SECRET,
+)
 from pipelines.training_pipeline import PipelineDefaults, build_pipeline
 
-PIPELINE_ROOT = "s3://kfp-artifacts/pipeline-root"
-S3_ENDPOINT_URL = "http://minio.taxi-mlops.svc.cluster.local:9000"
-S3_SECRET = "taxi-mlops-s3"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 IMAGE_PULL_POLICY = "IfNotPresent"
 CLUSTER_DEFAULTS = PipelineDefaults(
-    tracking_uri="http://mlflow.taxi-mlops.svc.cluster.local:5000",
-    model_store_uri="s3://models/taxi-trip-duration",
-    inference_service="taxi-duration",
-    inference_namespace="taxi-mlops",
+    tracking_uri=MLFLOW_TRACKING_URI,
+    model_store_uri=MODEL_STORE_URI,
+    inference_service=INFERENCE_SERVICE,
+    inference_namespace=NAMESPACE,
 )
 
 

@@ -11,11 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.training_pipeline import TLC_BASE_URL
+from components.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, TLC_BASE_URL
 
 DEFAULT_STATE_DIR = ".taxi-mlops"
-DEFAULT_EXPERIMENT = "taxi-trip-duration"
-DEFAULT_MODEL_NAME = "taxi-trip-duration"
 
 
 @dataclass(frozen=True)
@@ -60,8 +58,8 @@ class Settings:
         return cls(
             state_dir=state,
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}",
-            experiment=env.get("TAXI_MLOPS_EXPERIMENT") or DEFAULT_EXPERIMENT,
-            model_name=env.get("TAXI_MLOPS_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            experiment=env.get("TAXI_MLOPS_EXPERIMENT") or EXPERIMENT_NAME,
+            model_name=env.get("TAXI_MLOPS_MODEL_NAME") or REGISTERED_MODEL_NAME,
             cache_dir=Path(env.get("TAXI_MLOPS_CACHE_DIR") or cache_home / "taxi-mlops" / "tlc").expanduser(),
             tlc_base_url=env.get("TAXI_MLOPS_TLC_BASE_URL") or TLC_BASE_URL,
             tracking_uri_from_env=bool(env.get("MLFLOW_TRACKING_URI")),

@@ -18,6 +18,13 @@ from kfp import compiler, dsl
 from kfp.dsl.base_component import BaseComponent
 
 from components.models.candidates import CANDIDATES
+from components.names import (
+    EXPERIMENT_NAME,
+    MLFLOW_TRACKING_URI,
+    NAMESPACE,
+    REGISTERED_MODEL_NAME,
+    TLC_BASE_URL,
+)
 from pipelines.kfp_components import (
     close_tracking_run,
     deploy,
@@ -29,8 +36,7 @@ from pipelines.kfp_components import (
     vectorize,
 )
 
-PIPELINE_NAME = "taxi-trip-duration-training"
-TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+PIPELINE_NAME = f"{REGISTERED_MODEL_NAME}-training"
 DEFAULT_CANDIDATES: list[dict] = [{"name": name, "params": {}} for name in CANDIDATES]
 TaskSettings = Callable[[dsl.PipelineTask], object]
 
@@ -39,10 +45,10 @@ TaskSettings = Callable[[dsl.PipelineTask], object]
 class PipelineDefaults:
     """Defaults of the parameters that differ between a local and a cluster build."""
 
-    tracking_uri: str = "http://mlflow.taxi-mlops.svc.cluster.local:5000"
+    tracking_uri: str = MLFLOW_TRACKING_URI
     model_store_uri: str = ""  # empty: local mode, nothing uploaded
     inference_service: str = ""  # empty: deploy to the local deployment state (if given)
-    inference_namespace: str = "taxi-mlops"
+    inference_namespace: str = NAMESPACE
 
 
 def _as_is(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -71,8 +77,8 @@ def build_pipeline(
         candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006 - KFP reads the default as data
         min_improvement: float = 0.01,
         tracking_uri: str = defaults.tracking_uri,
-        experiment: str = "taxi-trip-duration",
-        model_name: str = "taxi-trip-duration",
+        experiment: str = EXPERIMENT_NAME,
+        model_name: str = REGISTERED_MODEL_NAME,
         run_name: str = "",
         data_dir: str = "",
         s3_uri: str = "",

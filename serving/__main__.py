@@ -53,8 +53,9 @@ from kserve.errors import InvalidInput
 from kserve.logging import KSERVE_LOGGER_NAME, KSERVE_TRACE_LOGGER_NAME, configure_logging
 
 from components.errors import TaxiMlopsError
+from components.names import SERVED_MODEL_NAME
 from serving.model_source import normalize_sha256
-from serving.predictor import DEFAULT_MODEL_NAME, ModelSpec, TripDurationPredictor
+from serving.predictor import ModelSpec, TripDurationPredictor
 from serving.trip_request import DEFAULT_MAX_BATCH_ROWS, RequestLimits, TripDataPlane
 
 EXIT_LOAD_FAILED = 1
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest number of trips one request may carry",
     )
     parser.set_defaults(
-        model_name=DEFAULT_MODEL_NAME,
+        model_name=SERVED_MODEL_NAME,
         enable_grpc=False,
         enable_latency_logging=False,
     )

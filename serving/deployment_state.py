@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.errors import TaxiMlopsError
+from components.storage.atomic_write import write_atomically
 
 STATE_FORMAT = "taxi-mlops/deployment-state"
 STATE_FORMAT_VERSION = 1
@@ -338,17 +338,4 @@ def _lock_path(path: Path) -> Path:
 
 
 def _write_unlocked(target: Path, state: DeploymentState) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(state.to_dict(), indent=2) + "\n"
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the state unreadable to other users
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+    write_atomically(target, json.dumps(state.to_dict(), indent=2) + "\n")

@@ -33,6 +33,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from components.names import (
+    INFERENCE_SERVICE,
+    NAMESPACE,
+    PREDICTOR_SERVICE_ACCOUNT,
+    RUNTIME_MODEL_FORMAT,
+    SERVING_RUNTIME,
+)
 from serving.deployment_state import DeploymentState, DeploymentStateError, Revision
 
 GROUP = "serving.kserve.io"
@@ -41,12 +48,7 @@ PLURAL = "inferenceservices"
 KIND = "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-ISVC_NAME = "taxi-duration"
-NAMESPACE = "taxi-mlops"
-RUNTIME = "taxi-duration-runtime"
-MODEL_FORMAT = "taxi-duration"
 MODEL_FORMAT_VERSION = "1"
-SERVICE_ACCOUNT = "taxi-duration-predictor"
 
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # "Serverless" is Knative mode under its name in KServe 0.15; 0.16+ call it "Knative" and still
@@ -77,7 +79,7 @@ RESOURCES: dict[str, dict[str, str]] = {
 class IsvcRef:
     """Which InferenceService: the contract's name and namespace unless told otherwise."""
 
-    name: str = ISVC_NAME
+    name: str = INFERENCE_SERVICE
     namespace: str = NAMESPACE
 
     def describe(self) -> str:
@@ -100,7 +102,7 @@ def first_deployment(revision: Revision, ref: IsvcRef = IsvcRef()) -> dict[str, 
         },
         "spec": {
             "predictor": {
-                "serviceAccountName": SERVICE_ACCOUNT,
+                "serviceAccountName": PREDICTOR_SERVICE_ACCOUNT,
                 # One replica per revision: no scale-to-zero cold start on the first curl, and two
                 # revisions stay within a laptop's budget.
                 "minReplicas": 1,
@@ -155,8 +157,8 @@ def rollback_patch(*, resource_version: str | None = None) -> dict[str, Any]:
 
 def _model(revision: Revision) -> dict[str, Any]:
     return {
-        "modelFormat": {"name": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION},
-        "runtime": RUNTIME,
+        "modelFormat": {"name": RUNTIME_MODEL_FORMAT, "version": MODEL_FORMAT_VERSION},
+        "runtime": SERVING_RUNTIME,
         "storageUri": revision.model_uri,
         # The ServingRuntime's args read these ($(TAXI_MLOPS_MODEL_SHA256), ...): the predictor
         # refuses a model file whose sha256 differs from the one recorded at registration.

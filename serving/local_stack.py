@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import TaxiMlopsError
+from components.names import SERVED_MODEL_NAME
 from serving.deployment_state import DeploymentState, Revision, load_state
 from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitter
 
-DEFAULT_MODEL_NAME = "duration"
 #: Where the splitter reaches predictors, whatever address the splitter itself listens on.
 PREDICTOR_HOST = "127.0.0.1"
 
@@ -69,7 +69,7 @@ _PDEATHSIG_EXEC = (
 
 
 def kserve_predictor_command(
-    revision: Revision, port: int, *, model_name: str = DEFAULT_MODEL_NAME, python: str = sys.executable
+    revision: Revision, port: int, *, model_name: str = SERVED_MODEL_NAME, python: str = sys.executable
 ) -> list[str]:
     """The contract command of ``python -m serving`` (see ``serving/__main__.py``) for one revision."""
     return [
@@ -190,7 +190,7 @@ class LocalStack:
         port: int = 8080,
         predictor_ports: Sequence[int] | None = None,
         predictor_command: PredictorCommand = kserve_predictor_command,
-        model_name: str = DEFAULT_MODEL_NAME,
+        model_name: str = SERVED_MODEL_NAME,
         ready_timeout: float = 120.0,
         drain_timeout: float = 10.0,
         stop_grace: float = 10.0,
@@ -517,7 +517,7 @@ def run_local_stack(
     predictor_ports: Sequence[int] | None = None,
     *,
     predictor_command: PredictorCommand = kserve_predictor_command,
-    model_name: str = DEFAULT_MODEL_NAME,
+    model_name: str = SERVED_MODEL_NAME,
     ready_timeout: float = 120.0,
     poll_interval: float = 0.5,
     log_dir: str | os.PathLike[str] | None = None,

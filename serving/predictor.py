@@ -26,6 +26,7 @@ from kserve.utils.utils import generate_uuid
 from prometheus_client import Counter, Gauge, Histogram
 
 from components.models.duration_model import TripDurationModel
+from components.names import SERVED_MODEL_NAME
 from serving.model_source import ModelRecord, load_model
 from serving.pair_lookup import PairLookup, PairLookupError
 from serving.trip_request import (
@@ -38,7 +39,6 @@ from serving.trip_request import (
     parse_request,
 )
 
-DEFAULT_MODEL_NAME: Final = "duration"
 #: The one v2 output: trip duration in minutes, FP64, shape [n].
 OUTPUT_NAME: Final = "duration"
 MODEL_VERSION_HEADER: Final = "x-model-version"
@@ -80,7 +80,7 @@ class TripDurationPredictor(kserve.Model):
     def __init__(
         self,
         spec: ModelSpec,
-        name: str = DEFAULT_MODEL_NAME,
+        name: str = SERVED_MODEL_NAME,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__(name, return_response_headers=True)

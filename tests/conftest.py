@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from s3_server import moto_s3
-from tlc_fixtures import write_tlc_dir
+from support.s3_server import moto_s3
+from support.tlc_fixtures import write_tlc_dir
 
 from components.storage.s3 import S3Connection
 

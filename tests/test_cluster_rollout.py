@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from fake_json_api import serve_json
 from kubernetes import client as k8s
-from merge_patch import merge_patch
+from support.fake_json_api import serve_json
+from support.merge_patch import merge_patch
 
 from components.registry.tracking import client_for
 from components.registry.versions import version_for_alias

@@ -151,7 +151,7 @@ def test_state_survives_a_reload(tmp_path: Path):
     document = json.loads(path.read_text())
     assert document["format"] == "taxi-mlops/deployment-state"
     assert document["canary"]["model_version"] == "2"
-    assert [p.name for p in path.parent.iterdir() if p.suffix == ".tmp"] == []  # no temp leftovers
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
 
 
 def test_update_state_writes_only_real_changes(tmp_path: Path):

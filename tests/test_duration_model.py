@@ -16,7 +16,7 @@ import pytest
 import skops.io as sio
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
-from tlc_fixtures import write_tlc_dir
+from support.tlc_fixtures import write_tlc_dir
 from xgboost import XGBRegressor
 
 from components.data.ingest import load_month

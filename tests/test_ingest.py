@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tlc_fixtures import (
+from support.tlc_fixtures import (
     VARIANTS,
     make_trip_table,
     planned_drops,

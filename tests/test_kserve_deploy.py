@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from k8s_schemas import validate_resource
-from merge_patch import merge_patch
+from support.k8s_schemas import validate_resource
+from support.merge_patch import merge_patch
 
 from serving import kserve_deploy as kd
 from serving.deployment_state import DeploymentState, DeploymentStateError, Revision

@@ -66,14 +66,14 @@ def test_an_upward_import_between_rooms_fails(tree: Path) -> None:
     bad.write_text("from components.registry.tracking import client_for\n", encoding="utf-8")
     problems = layer_violations(tree)
     assert problems[0].startswith("components.storage.peek imports components.registry.tracking (line 1)")
-    assert "room storage (layer 1) may not import room registry (layer 4)" in problems[0]
+    assert "room storage (layer 1) may not import room registry (layer 5)" in problems[0]
 
 
 def test_a_sideways_import_between_rooms_of_one_layer_fails(tree: Path) -> None:
     bad = tree / "components" / "data" / "peek.py"
     bad.write_text("import components.evaluation.gate\n", encoding="utf-8")
     assert any(
-        "room data (layer 3) may not import room evaluation (layer 3)" in p for p in layer_violations(tree)
+        "room data (layer 4) may not import room evaluation (layer 4)" in p for p in layer_violations(tree)
     )
 
 

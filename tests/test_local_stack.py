@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.tlc_fixtures import write_tlc_dir
 from test_traffic_splitter import PREDICT, TRIP, fake_predictor_command, free_port, rev
-from tlc_fixtures import write_tlc_dir
 
 from serving.deployment_state import (
     Revision,

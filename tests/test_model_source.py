@@ -17,8 +17,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from model_fixtures import fit_fixture_model
-from s3_server import upload_object
+from support.model_fixtures import fit_fixture_model
+from support.s3_server import upload_object
 
 from components.errors import ModelIntegrityError
 from components.evaluation.gate import gate_against_champion

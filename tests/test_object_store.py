@@ -20,9 +20,9 @@ import mlflow
 import numpy as np
 import pytest
 from minio.error import S3Error
-from model_fixtures import fit_fixture_model
-from s3_server import Fault, FaultyProxy, faulty_proxy, upload_object
-from tlc_fixtures import write_tlc_dir
+from support.model_fixtures import fit_fixture_model
+from support.s3_server import Fault, FaultyProxy, faulty_proxy, upload_object
+from support.tlc_fixtures import write_tlc_dir
 
 from components.data.tlc_source import resolve_trip_file
 from components.errors import ModelIntegrityError

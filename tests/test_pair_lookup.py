@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from tlc_fixtures import write_tlc_dir
+from support.tlc_fixtures import write_tlc_dir
 
 from components.data.ingest import load_month
 from components.features.design_matrix import vectorize_trips

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from tlc_fixtures import write_tlc_dir
+from support.tlc_fixtures import write_tlc_dir
 
 from components.registry.tracking import CANDIDATE_TAG
 from components.storage.checksums import file_sha256

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from tlc_fixtures import write_tlc_dir
+from support.tlc_fixtures import write_tlc_dir
 
 from components.data.ingest import load_month
 from components.errors import ModelIntegrityError

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
-from tlc_fixtures import write_tlc_dir
+from support.tlc_fixtures import write_tlc_dir
 
 from components.data.ingest import load_month
 from components.errors import ModelIntegrityError

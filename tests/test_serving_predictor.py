@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from model_fixtures import fit_fixture_model
+from support.model_fixtures import fit_fixture_model
 
 from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import CliRunner
-from fake_json_api import serve_json
+from support.fake_json_api import serve_json
 
 from pipelines.cli import main
 from pipelines.kfp_components import PIPELINE_IMAGE

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from s3_server import upload_object
-from tlc_fixtures import write_trip_file
+from support.s3_server import upload_object
+from support.tlc_fixtures import write_trip_file
 
 from components.data.ingest import load_month
 from components.data.tlc_source import has_parquet_magic, resolve_trip_file

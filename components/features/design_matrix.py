@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from components.errors import TaxiMlopsError
 from components.features.trip_features import TARGET_COLUMN, FeatureError, trip_features
 from components.features.vectorizer import TripVectorizer
+from components.storage.atomic_write import write_atomically
 
 # Arrays stored in a design-matrix .npz; nothing else is accepted on load.
 _NPZ_KEYS = frozenset({"data", "indices", "indptr", "shape", "target"})
@@ -134,10 +135,7 @@ def load_design_matrix(path: str | os.PathLike[str]) -> DesignMatrix:
 
 def save_vectorizer(path: str | os.PathLike[str], vectorizer: TripVectorizer) -> Path:
     """Write the vectorizer's JSON state (see :meth:`TripVectorizer.to_dict`); return the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(vectorizer.to_dict(), indent=1) + "\n", encoding="utf-8")
-    return out
+    return write_atomically(path, json.dumps(vectorizer.to_dict(), indent=1) + "\n")
 
 
 def load_vectorizer(path: str | os.PathLike[str]) -> TripVectorizer:

@@ -31,6 +31,7 @@ from components.errors import ModelIntegrityError
 from components.features.trip_features import FEATURE_FIELDS, TARGET_COLUMN, trip_features
 from components.features.vectorizer import TripVectorizer
 from components.models.estimator_codecs import codec_named, qualified_type_name
+from components.storage.atomic_write import write_atomically
 
 MODEL_FORMAT = "taxi-mlops/trip-duration-model"
 MODEL_FORMAT_VERSION = 1
@@ -74,18 +75,14 @@ class TripDurationModel:
             "output": TARGET_COLUMN,
             "metadata": self.metadata,
         }
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
             archive.writestr(_VECTORIZER, json.dumps(self.vectorizer.to_dict()))
             archive.writestr(codec.member_name, codec.dump(self.estimator))
         payload = buffer.getvalue()
-        # Write-then-rename so a crash never leaves a truncated model file behind.
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(payload)
-        partial.replace(target)
+        # A crash never leaves a truncated model file behind.
+        write_atomically(path, payload)
         return hashlib.sha256(payload).hexdigest()
 
 

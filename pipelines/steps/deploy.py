@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from components.names import NAMESPACE
 from components.registry import tracking
 from pipelines.steps.notes import log
 
@@ -32,7 +33,7 @@ def deploy_step(
         message = "nothing registered, nothing to deploy"
     elif inference_service:
         from serving.cluster_rollout import ClusterTarget, connect, deploy_version
-        from serving.kserve_deploy import NAMESPACE, IsvcRef
+        from serving.kserve_deploy import IsvcRef
 
         target = ClusterTarget(
             api=connect(in_cluster=True),

@@ -16,6 +16,7 @@ from components.features.trip_features import TARGET_COLUMN
 from components.models.duration_model import load_duration_model
 from components.registry import tracking
 from components.registry.versions import champion_model
+from components.storage.atomic_write import write_atomically
 from pipelines.steps.notes import log
 
 
@@ -49,7 +50,7 @@ def evaluate_step(
     shutil.copyfile(winner_source, winner_path)
     summary = evaluation.to_dict()
     html = render_evaluation_report(summary, validation_trips[TARGET_COLUMN].to_numpy(), predictions, context)
-    Path(report_path).write_text(html, encoding="utf-8")
+    write_atomically(report_path, html)
     _log_evaluation(tracking_uri, parent_run_id, summary, html)
     log.info("winner %s; gate: %s", evaluation.winner, evaluation.gate.reason)
     return summary

@@ -21,11 +21,11 @@ FORBIDDEN_THIRD_PARTY = {"components": ("kfp",), "serving": ("kfp",)}
 ROOM_LAYERS: Mapping[str, int] = {
     "": 0,
     "storage": 1,
-    "features": 1,
-    "models": 2,
-    "data": 3,
-    "evaluation": 3,
-    "registry": 4,
+    "features": 2,
+    "models": 3,
+    "data": 4,
+    "evaluation": 4,
+    "registry": 5,
 }
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tlc_fixtures import write_tlc_dir
 
 from components.data.ingest import load_month
 from components.features.design_matrix import vectorize_trips
 from components.models.duration_model import TripDurationModel
 from components.models.train import CandidateResult, fit_candidate
+from support.tlc_fixtures import write_tlc_dir
 
 
 def fit_fixture_model(

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tlc_fixtures import planned_drops, write_tlc_dir, write_trip_file
+    from support.tlc_fixtures import planned_drops, write_tlc_dir, write_trip_file
 
     path = write_trip_file(tmp_path, color="green", month="2021-01", rows=200)
     # -> tmp_path / "green_tripdata_2021-01.parquet"

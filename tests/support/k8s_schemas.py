@@ -3,7 +3,7 @@
 Used by tests/test_manifests.py (every object ``kubectl kustomize`` renders) and meant for any test
 that builds a body for the Kubernetes API, e.g. the InferenceService the deploy code creates::
 
-    from k8s_schemas import validate_resource   # tests/ is on sys.path, like tlc_fixtures
+    from support.k8s_schemas import validate_resource   # tests/ is on sys.path (pytest rootdir)
     assert validate_resource(body) == []
 
 Two sources of schemas, both installed with the dev extras, so nothing here needs a network:
@@ -41,7 +41,7 @@ import referencing.jsonschema
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KIND_CONFIG = REPO_ROOT / "kind-config.yaml"
 
 KSERVE_GROUP = "serving.kserve.io"
