@@ -10,12 +10,8 @@ same server, so a bad body can never leave the server unable to answer.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,13 +22,19 @@ import numpy as np
 import pytest
 import requests
 from support.model_fixtures import fit_fixture_model
+from support.predictor_process import (
+    STARTUP_SECONDS,
+    Server,
+    free_port,
+    launch_predictor,
+    stop_processes,
+    wait_ready,
+)
 
 from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STARTUP_SECONDS = 60.0
 JSON = {"content-type": "application/json"}
 V1 = "/v1/models/duration:predict"
 V2 = "/v2/models/duration/infer"
@@ -44,17 +46,6 @@ class Built:
     sha256: str
     model: TripDurationModel  # loaded back from the file, as the server loads it
     records: list[dict[str, Any]]  # 20 real validation trips, as a client sends them
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-
-    def log_lines(self) -> int:
-        return sum(len(p.read_bytes().splitlines()) for p in (self.stdout, self.stderr))
 
 
 @pytest.fixture(scope="module")
@@ -70,59 +61,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return Built(folder, sha256, load_duration_model(folder / MODEL_FILE_NAME, sha256), records)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _launch(args: list[str], logs: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    logs.mkdir(parents=True, exist_ok=True)
-    stdout, stderr = logs / "stdout.log", logs / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving", *args],
-            stdout=out,
-            stderr=err,
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    return process, stdout, stderr
-
-
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited with {server.process.returncode}:\n{server.stderr.read_text()}")
-        try:
-            if requests.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"server not ready after {STARTUP_SECONDS}s:\n{server.stderr.read_text()}")
-
-
-def _stop(*processes: subprocess.Popen[bytes]) -> None:
-    """SIGTERM all first (KServe shuts down gracefully), then wait; SIGKILL what hangs."""
-    running = [p for p in processes if p.poll() is None]
-    for process in running:
-        process.terminate()
-    for process in running:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def servers(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     challenger_dir = tmp_path_factory.mktemp("challenger-model")
     shutil.copyfile(built.folder / MODEL_FILE_NAME, challenger_dir / MODEL_FILE_NAME)
     (challenger_dir / f"{MODEL_FILE_NAME}.sha256").write_text(f"{built.sha256}  {MODEL_FILE_NAME}\n")
-    ports = {"champion": _free_port(), "challenger": _free_port()}
+    ports = {"champion": free_port(), "challenger": free_port()}
     commands = {
         # Exactly the canary stack's command line.
         "champion": [
@@ -138,13 +82,13 @@ def servers(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         # Both start at once: they must not compete for any port but their own.
         for role, args in commands.items():
-            process, stdout, stderr = _launch(args, tmp_path_factory.mktemp(f"{role}-logs"))
+            process, stdout, stderr = launch_predictor(args, tmp_path_factory.mktemp(f"{role}-logs"))
             started[role] = Server(f"http://127.0.0.1:{ports[role]}", process, stdout, stderr)
         for server in started.values():
-            _wait_ready(server)
+            wait_ready(server)
         yield started
     finally:
-        _stop(*(server.process for server in started.values()))
+        stop_processes(*(server.process for server in started.values()))
 
 
 @pytest.fixture(scope="module")
@@ -577,11 +521,11 @@ def test_one_log_line_per_request(champion: Server, built: Built):
 
 
 def _run_to_exit(args: list[str], logs: Path) -> tuple[int, str]:
-    process, _, stderr = _launch(args, logs)
+    process, _, stderr = launch_predictor(args, logs)
     try:
         code = process.wait(timeout=STARTUP_SECONDS)
     finally:
-        _stop(process)
+        stop_processes(process)
     return code, stderr.read_text()
 
 
@@ -592,7 +536,7 @@ def test_tampered_model_file_stops_the_server(built: Built, tmp_path: Path):
     payload[len(payload) // 3] ^= 0x20
     (folder / MODEL_FILE_NAME).write_bytes(bytes(payload))
     args = ["--model-uri", str(folder), "--model-sha256", built.sha256, "--model-version", "3"]
-    code, stderr = _run_to_exit([*args, "--http_port", str(_free_port())], tmp_path / "logs")
+    code, stderr = _run_to_exit([*args, "--http_port", str(free_port())], tmp_path / "logs")
     assert code != 0
     assert "not starting" in stderr
     assert f"does not match the recorded {built.sha256}" in stderr
@@ -600,7 +544,7 @@ def test_tampered_model_file_stops_the_server(built: Built, tmp_path: Path):
 
 def test_model_without_recorded_sha256_stops_the_server(built: Built, tmp_path: Path):
     code, stderr = _run_to_exit(
-        ["--model-uri", str(built.folder), "--http_port", str(_free_port())], tmp_path / "logs"
+        ["--model-uri", str(built.folder), "--http_port", str(free_port())], tmp_path / "logs"
     )
     assert code != 0
     assert "no recorded sha256" in stderr
