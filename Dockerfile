@@ -1,5 +1,5 @@
 # The project's own image: every KFP component runs in it (base_image in
-# components/kfp_components.py), so pods start without pip installs.
+# pipelines/kfp_components.py), so pods start without pip installs.
 #   docker build -t docker.io/taxi-mlops/pipeline:0.1.0 .
 FROM python:3.11-slim AS base
 

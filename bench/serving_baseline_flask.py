@@ -4,7 +4,7 @@ Same shape as the course's ``predict.py``: ``POST /predict`` takes one ride's JS
 object and answers ``{"duration": minutes}``; ``prepare_features`` ->
 ``predict`` -> ``jsonify``. The only change is the model: instead of a pickled
 ``(dv, model)`` it loads the very file the KServe predictor serves, through
-``components.duration_model.load_duration_model(path, sha256)``, so both
+``components.models.duration_model.load_duration_model(path, sha256)``, so both
 services compute the same features with the same vectorizer and estimator and
 return the same number for the same ride. Like the course's service it does
 no input validation (a bad ride is a 500 or a meaningless number).

@@ -1,4 +1,4 @@
-"""The KFP components: thin lightweight wrappers around ``components.steps``.
+"""The KFP components: thin lightweight wrappers around the steps in ``pipelines/steps/``.
 
 Each body only imports the project and makes one call, so the code compiled
 into the pipeline YAML stays tiny and the real logic lives in tested modules.

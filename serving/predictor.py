@@ -2,7 +2,7 @@
 
 Nothing here computes a feature: requests are parsed by ``serving.trip_request``
 and answered by the model file's own ``predict``, which applies the one feature
-function training used -- or, for speed, by a ``components.pair_lookup`` table
+function training used -- or, for speed, by a ``serving.pair_lookup`` table
 built at load time from that same function and vectorizer over every zone pair
 the validator admits, and checked against ``predict`` on all of them before it
 serves. So an answer from this server is, bit for bit, the number the

@@ -1,4 +1,4 @@
-"""Reading, cleaning and reporting one TLC month (components.ingest, components.tlc_schema)."""
+"""Reading, cleaning and reporting one TLC month (components.data.ingest, components.data.tlc_schema)."""
 
 from __future__ import annotations
 

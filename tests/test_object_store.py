@@ -1,4 +1,4 @@
-"""components.object_store and register_winner's model store, against a real S3 server (moto) on 127.0.0.1.
+"""Verified object transfer and the model store (register_winner included), against a real S3 server (moto).
 
 Faults come from ``FaultyProxy``, a real HTTP proxy on a loopback socket in front
 of the store: 503s, dropped connections, bodies cut short on the way in or out,

@@ -231,7 +231,7 @@ def _gate_html(gate: Mapping[str, Any]) -> str:
         except (TypeError, ValueError):
             gain = relative = math.nan
         facts.append(("Improvement", f"{_fmt(gain, '+.3f')} min ({_fmt(relative * 100, '+.2f')} %)"))
-    # min_improvement is a fraction of the champion's RMSE (see components.evaluate).
+    # min_improvement is a fraction of the champion's RMSE (see components.evaluation.gate).
     facts.append(("Required improvement", f"{_fmt(gate.get('min_improvement'), '.1%')} lower RMSE"))
 
     state = "passed" if passed else "failed"
