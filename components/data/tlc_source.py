@@ -31,7 +31,7 @@ from components.errors import IngestError
 from components.names import TLC_BASE_URL
 from components.storage.atomic_write import temp_file_beside
 from components.storage.object_transfer import ObjectStoreError, download_file
-from components.storage.s3 import S3Connection, S3UriError, parse_s3_uri
+from components.storage.s3 import S3Connection, S3Location, S3UriError, parse_s3_uri
 
 PARQUET_MAGIC: Final = b"PAR1"
 _CHUNK: Final = 1 << 20
@@ -76,9 +76,9 @@ def resolve_trip_file(
     if data_dir is not None:
         return _from_data_dir(Path(data_dir), color, month)
     if s3_uri is not None:
-        bucket, key = _parse_s3_uri(s3_uri, trip_file_name(color, month))
-        dest = _require_cache_dir(cache_dir, color, month) / "s3" / bucket / key
-        return _from_s3(s3 or S3Connection.from_env(), bucket, key, dest)
+        location = _trip_file_location(s3_uri, trip_file_name(color, month))
+        dest = _require_cache_dir(cache_dir, color, month) / "s3" / location.bucket / location.key
+        return _from_s3(s3 or S3Connection.from_env(), location.uri, dest)
     url = f"{base_url.rstrip('/')}/{trip_file_name(color, month)}"
     dest = _require_cache_dir(cache_dir, color, month) / trip_file_name(color, month)
     return _from_http(url, dest, timeout)
@@ -130,18 +130,16 @@ def _http_status_detail(response: requests.Response) -> str:
     return detail
 
 
-def _parse_s3_uri(uri: str, file_name: str) -> tuple[str, str]:
+def _trip_file_location(uri: str, file_name: str) -> S3Location:
     try:
-        location = parse_s3_uri(uri).join(file_name)
+        return parse_s3_uri(uri).join(file_name)
     except S3UriError:
         raise IngestError(uri, "bad_request", "S3 location must look like s3://bucket[/prefix]") from None
-    return location.bucket, location.key
 
 
-def _from_s3(conn: S3Connection, bucket: str, key: str, dest: Path) -> ResolvedFile:
+def _from_s3(conn: S3Connection, uri: str, dest: Path) -> ResolvedFile:
     # Always re-fetched: the bucket is the in-cluster source of truth and may be
     # re-uploaded, while a cluster-local transfer is cheap.
-    uri = f"s3://{bucket}/{key}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with temp_file_beside(dest) as (tmp, tmp_path):
         tmp.close()

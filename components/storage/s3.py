@@ -58,8 +58,8 @@ def parse_object_uri(uri: str) -> S3Location:
     try:
         location = parse_s3_uri(uri)
     except S3UriError:
-        location = None
-    if location is None or not location.key or uri.endswith("/"):
+        raise S3UriError(uri, "expected s3://bucket/key") from None
+    if not location.key or uri.endswith("/"):
         raise S3UriError(uri, "expected s3://bucket/key")
     return location
 
