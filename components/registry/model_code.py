@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import components
@@ -35,16 +36,24 @@ def module_path(module: str) -> Path | None:
     return None
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every absolute module name a file imports, at any depth (``from a.b import c`` gives a.b and a.b.c)."""
-    found: set[str] = set()
+def imports_in(path: Path) -> Iterator[tuple[str, int]]:
+    """(absolute module name, line) for every import in a file, at any depth, lazy ones included.
+
+    ``from a.b import c`` gives a.b and a.b.c: c may be a module or a name in a.b.
+    """
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            for alias in node.names:
+                yield alias.name, node.lineno
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
+            yield node.module, node.lineno
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}", node.lineno
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module name a file imports (see :func:`imports_in`)."""
+    return {name for name, _ in imports_in(path)}
 
 
 def model_code_files(entry: Path = PYFUNC_ENTRY) -> list[Path]:

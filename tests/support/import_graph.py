@@ -1,15 +1,18 @@
 """The project's import graph, read from the source with ``ast`` (nothing is imported), and its rules.
 
 Used by tests/test_layers.py. Every import counts, also the lazy ones inside
-functions: a lazy upward import is still an upward dependency.
+functions: a lazy upward import is still an upward dependency. The imports of a
+file are read by the same function that decides what a registered model ships
+(``components.registry.model_code.imports_in``).
 """
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.registry.model_code import imports_in
 
 PACKAGES = ("components", "serving", "pipelines")
 #: Package layers, bottom first: a package may import only packages before it.
@@ -51,23 +54,12 @@ def project_modules(root: Path) -> dict[str, Path]:
     return modules
 
 
-def _imports(path: Path) -> Iterable[tuple[str, int]]:
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, node.lineno
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            yield node.module, node.lineno
-            for alias in node.names:
-                yield f"{node.module}.{alias.name}", node.lineno
-
-
 def import_edges(root: Path) -> list[Edge]:
     """Every import of a project module by a project module, plus every import of a third-party top name."""
     modules = project_modules(root)
     edges: set[Edge] = set()
     for importer, path in modules.items():
-        for name, line in _imports(path):
+        for name, line in imports_in(path):
             top = name.split(".")[0]
             if top not in PACKAGE_ORDER:
                 edges.add(Edge(importer, top, line))
