@@ -53,7 +53,12 @@ def _source_tree(env: dict[str, str]) -> str:
     """Which checkout the child would import (asked of a child, so this process imports nothing)."""
     probe = "import os, components; print(os.path.dirname(os.path.dirname(components.__file__)))"
     done = subprocess.run(
-        [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True, check=False
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return done.stdout.strip() or f"? ({done.stderr.strip().splitlines()[-1:]})"
 
@@ -68,7 +73,9 @@ def run_once(data_dir: Path, extra: list[str], keep: bool) -> dict[str, Any]:
     command += extra
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    # cwd is the state dir, not a checkout: `python -m` (kfp.local's task processes) puts the cwd first
+    # on sys.path, which would shadow the PYTHONPATH tree being measured.
+    done = subprocess.run(command, env=env, cwd=state, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     load_after = os.getloadavg()[0]
     (state / "bench-output.txt").write_text(done.stdout + done.stderr, encoding="utf-8")

@@ -29,6 +29,7 @@ from components.models.duration_model import (
     MODEL_FORMAT_VERSION,
     TripDurationModel,
     load_duration_model,
+    verify_model_file,
 )
 from components.models.estimator_codecs import CODECS, qualified_type_name
 from components.models.train import CandidateResult, fit_candidate
@@ -254,6 +255,10 @@ def test_one_flipped_byte_is_refused(name: str, where: float, saved, tmp_path):
     tampered.write_bytes(bytes(data))
     with pytest.raises(ModelIntegrityError, match="sha256"):
         load_duration_model(tampered, sha256)
+    # Deploy stages files with the check alone (no parsing): it refuses the same bytes.
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        verify_model_file(tampered, sha256)
+    verify_model_file(path, sha256.upper())  # the untouched file passes, whatever the hex case
 
 
 def _corrupt_deflate_stream(path: Path, member: str, target: Path) -> Path:

@@ -8,9 +8,9 @@ import pytest
 
 from components.features.trip_features import trip_features
 from components.features.vectorizer import TripVectorizer
+from components.models.onehot_layout import OneHotLayout
 from components.models.target_encoded_xgboost import (
     TargetEncodedXGBoost,
-    _Layout,
     dump_target_encoded_xgboost,
     load_target_encoded_xgboost,
 )
@@ -41,7 +41,7 @@ def fitted() -> tuple[TargetEncodedXGBoost, TripVectorizer, pd.DataFrame]:
 
 
 def test_layout_groups_one_hot_columns_by_prefix():
-    layout = _Layout.from_feature_names(["PU_DO=1_2", "PU_DO=1_3", "color=red", "trip_distance"])
+    layout = OneHotLayout.from_feature_names(["PU_DO=1_2", "PU_DO=1_3", "color=red", "trip_distance"])
     assert layout.group_names == ["PU_DO", "color"]
     assert layout.group_sizes == [2, 1]
     assert layout.group_of_column.tolist() == [0, 0, 1, -1]

@@ -94,16 +94,7 @@ def load_duration_model(path: str | Path, expected_sha256: str | None) -> TripDu
     must pass the recorded checksum.
     """
     source = Path(path)
-    try:
-        payload = source.read_bytes()
-    except OSError as exc:
-        raise ModelIntegrityError(f"{source}: cannot read model file ({exc.strerror})") from exc
-    actual = hashlib.sha256(payload).hexdigest()
-    if expected_sha256 is not None and actual != expected_sha256.lower():
-        raise ModelIntegrityError(
-            f"{source}: sha256 {actual} does not match the recorded {expected_sha256}; "
-            "refusing to load a model file that changed after registration"
-        )
+    payload = _checked_payload(source, expected_sha256)
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             manifest = json.loads(archive.read(_MANIFEST))
@@ -122,6 +113,30 @@ def load_duration_model(path: str | Path, expected_sha256: str | None) -> TripDu
         params=manifest.get("params", {}),
         metadata=manifest.get("metadata", {}),
     )
+
+
+def verify_model_file(path: str | Path, expected_sha256: str) -> None:
+    """Refuse a model file whose sha256 differs from the recorded one, without parsing it.
+
+    For a step that only passes the file on (deploy stages it for the predictors,
+    which load it with this same check): the bytes are the registered ones, which
+    registration loaded, so there is no need to import the estimator's library here.
+    """
+    _checked_payload(Path(path), expected_sha256)
+
+
+def _checked_payload(source: Path, expected_sha256: str | None) -> bytes:
+    try:
+        payload = source.read_bytes()
+    except OSError as exc:
+        raise ModelIntegrityError(f"{source}: cannot read model file ({exc.strerror})") from exc
+    actual = hashlib.sha256(payload).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256.lower():
+        raise ModelIntegrityError(
+            f"{source}: sha256 {actual} does not match the recorded {expected_sha256}; "
+            "refusing to load a model file that changed after registration"
+        )
+    return payload
 
 
 def _check_manifest(source: Path, manifest: Mapping[str, Any]) -> None:

@@ -16,46 +16,18 @@ is why the estimator takes the vectorizer's feature names.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, RegressorMixin
 
+from components.models.onehot_layout import OneHotLayout
+
 # The class's qualified name in model files written before it took its candidate's name (0.1.0).
 LEGACY_TYPE_NAMES = frozenset({"components.category_encoding.CategoryEncodedBooster"})
 # Numeric values below this are too small to divide by (a 0.0-mile trip).
 _MIN_DIVISOR = 0.1
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Which columns form each categorical group, and which are numeric."""
-
-    group_names: list[str]
-    group_of_column: np.ndarray  # column -> group index, -1 for numeric columns
-    level_of_column: np.ndarray  # column -> level index inside its group
-    group_sizes: list[int]
-    numeric_columns: np.ndarray
-
-    @classmethod
-    def from_feature_names(cls, names: Sequence[str], separator: str = "=") -> _Layout:
-        groups: dict[str, int] = {}
-        sizes: list[int] = []
-        group_of = np.full(len(names), -1, dtype=np.int64)
-        level_of = np.full(len(names), -1, dtype=np.int64)
-        for column, name in enumerate(names):
-            prefix, sep, _ = name.partition(separator)
-            if not sep:
-                continue
-            group = groups.setdefault(prefix, len(groups))
-            if group == len(sizes):
-                sizes.append(0)
-            group_of[column] = group
-            level_of[column] = sizes[group]
-            sizes[group] += 1
-        return cls(list(groups), group_of, level_of, sizes, np.flatnonzero(group_of < 0))
 
 
 class TargetEncodedXGBoost(RegressorMixin, BaseEstimator):
@@ -126,7 +98,7 @@ class TargetEncodedXGBoost(RegressorMixin, BaseEstimator):
     # -- encoding ----------------------------------------------------------------------------
 
     def _encode_out_of_fold(
-        self, levels: np.ndarray, numeric: np.ndarray, target: np.ndarray, layout: _Layout
+        self, levels: np.ndarray, numeric: np.ndarray, target: np.ndarray, layout: OneHotLayout
     ) -> np.ndarray:
         rng = np.random.default_rng(self.random_state)
         fold_of_row = rng.integers(0, self.n_folds, size=len(target))
@@ -141,7 +113,7 @@ class TargetEncodedXGBoost(RegressorMixin, BaseEstimator):
             encoded[held_out] = self._encode(levels[held_out], numeric[held_out], stats)
         return encoded
 
-    def _n_encoded(self, layout: _Layout) -> int:
+    def _n_encoded(self, layout: OneHotLayout) -> int:
         n_numeric = len(layout.numeric_columns)
         return len(layout.group_sizes) * (2 + 2 * n_numeric) + n_numeric
 
@@ -167,7 +139,7 @@ class TargetEncodedXGBoost(RegressorMixin, BaseEstimator):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _layout(self) -> _Layout:
+    def _layout(self) -> OneHotLayout:
         if not len(self.feature_names):
             raise ValueError("TargetEncodedXGBoost needs the vectorizer's feature_names")
         # Parsing 13k feature names costs ~8 ms: more than the prediction of one trip.
@@ -175,7 +147,7 @@ class TargetEncodedXGBoost(RegressorMixin, BaseEstimator):
         cached = getattr(self, "_layout_cache", None)
         if cached is not None and cached[0] is self.feature_names:
             return cached[1]
-        layout = _Layout.from_feature_names(list(self.feature_names))
+        layout = OneHotLayout.from_feature_names(list(self.feature_names))
         self._layout_cache = (self.feature_names, layout)
         return layout
 
@@ -199,7 +171,7 @@ def _smoothed(
     return np.where(seen, (sums[level] + k * prior) / (counts[level] + k), prior)
 
 
-def _row_levels(matrix: sp.csr_matrix, layout: _Layout) -> np.ndarray:
+def _row_levels(matrix: sp.csr_matrix, layout: OneHotLayout) -> np.ndarray:
     """Per row and group, the level index of its one-hot column (-1 when none is set)."""
     n_rows = matrix.shape[0]
     levels = np.full((n_rows, len(layout.group_sizes)), -1, dtype=np.int64)
@@ -211,7 +183,7 @@ def _row_levels(matrix: sp.csr_matrix, layout: _Layout) -> np.ndarray:
     return levels
 
 
-def _numeric_block(matrix: sp.csr_matrix, layout: _Layout) -> np.ndarray:
+def _numeric_block(matrix: sp.csr_matrix, layout: OneHotLayout) -> np.ndarray:
     return np.asarray(matrix[:, layout.numeric_columns].toarray(), dtype=np.float64)
 
 
@@ -287,7 +259,7 @@ def load_target_encoded_xgboost(payload: bytes) -> TargetEncodedXGBoost:
         estimator.prior_ = float(arrays["prior"])
         estimator.numeric_prior_ = arrays["numeric_prior"]
         estimator.rate_prior_ = arrays["rate_prior"]
-        n_groups = len(_Layout.from_feature_names(params["feature_names"]).group_sizes)
+        n_groups = len(OneHotLayout.from_feature_names(params["feature_names"]).group_sizes)
         estimator.stats_ = [
             {key: arrays[f"group{group}_{key}"] for key in _STAT_KEYS} for group in range(n_groups)
         ]

@@ -39,9 +39,13 @@ def fit_candidate(
     """Fit candidate ``name`` and measure RMSE/MAE (minutes) on the validation month."""
     spec = candidate_spec(name)
     params = resolve_params(name, overrides)
-    estimator = build_estimator(name, overrides, feature_names=vectorizer.get_feature_names_out())
+    feature_names = vectorizer.get_feature_names_out()
+    estimator = build_estimator(name, overrides, feature_names=feature_names)
     started = time.perf_counter()
-    estimator.fit(train.X, train.y)
+    if spec.fit is not None:
+        spec.fit(estimator, train.X, train.y, feature_names)
+    else:
+        estimator.fit(train.X, train.y)
     train_seconds = time.perf_counter() - started
     model = TripDurationModel(
         candidate=name, vectorizer=vectorizer, estimator=estimator, codec=spec.codec, params=params

@@ -15,7 +15,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from components.errors import ModelIntegrityError
-from components.models.duration_model import MODEL_FILE_NAME, TripDurationModel, load_duration_model
+from components.models.duration_model import (
+    MODEL_FILE_NAME,
+    TripDurationModel,
+    load_duration_model,
+    verify_model_file,
+)
 from components.registry.tracking import client_for
 
 CHAMPION = "champion"
@@ -40,6 +45,10 @@ class RegisteredModelFile:
 
     def load(self) -> TripDurationModel:
         return load_duration_model(self.path, self.sha256)
+
+    def verify(self) -> None:
+        """Raise ModelIntegrityError unless the file's sha256 is the recorded one (no parsing)."""
+        verify_model_file(self.path, self.sha256)
 
 
 def version_for_alias(tracking_uri: str, model_name: str, alias: str) -> ModelVersion | None:
