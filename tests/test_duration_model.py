@@ -277,7 +277,7 @@ def _corrupt_deflate_stream(path: Path, member: str, target: Path) -> Path:
 
 def test_corrupt_archive_without_recorded_sha256_is_a_model_integrity_error(saved, tmp_path):
     path, _ = saved["ridge"]
-    corrupt = _corrupt_deflate_stream(path, "estimator.skops", tmp_path / "corrupt.zip")
+    corrupt = _corrupt_deflate_stream(path, CODECS["linear-npz"].member_name, tmp_path / "corrupt.zip")
     with pytest.raises(ModelIntegrityError, match="not a trip duration model file"):
         load_duration_model(corrupt, None)
 
@@ -298,8 +298,9 @@ def test_skops_payload_with_an_untrusted_type_is_refused_without_constructing_it
     forged = rewrite_model(
         path,
         tmp_path / "forged.zip",
-        manifest_update={"estimator_type": qualified_type_name(LinearRegression())},
+        manifest_update={"estimator_type": qualified_type_name(LinearRegression()), "codec": "skops"},
         members={"estimator.skops": sio.dumps(foreign)},
+        drop=("estimator.npz",),
     )
     _Untrusted.constructed.clear()
     # The attacker can also record the forged file's checksum: the check must hold regardless.
@@ -325,10 +326,58 @@ def test_skops_payload_of_another_type_than_the_manifest_names_is_refused(
     forged = rewrite_model(
         path,
         tmp_path / "forged.zip",
-        manifest_update={"estimator_type": qualified_type_name(LinearRegression())},
+        manifest_update={"estimator_type": qualified_type_name(LinearRegression()), "codec": "skops"},
         members={"estimator.skops": sio.dumps(payload_factory(X, X.sum(axis=1)))},
+        drop=("estimator.npz",),
     )
     with pytest.raises(ModelIntegrityError):
+        load_duration_model(forged, file_sha256(forged))
+
+
+def test_a_linear_model_stored_with_skops_before_linear_npz_still_loads(fitted, split, tmp_path):
+    model, _ = fitted["ridge"]
+    old = TripDurationModel("ridge", model.vectorizer, model.estimator, "skops", params=model.params)
+    path = tmp_path / "ridge-0.1.0.zip"
+    sha256 = old.save(path)
+    loaded = load_duration_model(path, sha256)
+    assert loaded.codec == "skops"
+    np.testing.assert_array_equal(loaded.predict(split[3]), model.predict(split[3]))
+
+
+def _linear_payload(coef: Any, intercept: Any, params: str) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, coef=np.asarray(coef), intercept=np.asarray(intercept), params=np.array(params))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("manifest_update", "payload", "message"),
+    [
+        pytest.param(
+            {"estimator_type": "xgboost.sklearn.XGBRegressor"}, None, "cannot restore", id="another-type"
+        ),
+        pytest.param(
+            {"estimator_type": "sklearn.pipeline.Pipeline"}, None, "cannot restore", id="not-linear"
+        ),
+        pytest.param({}, _linear_payload([[1.0, 2.0]], 0.5, "{}"), "expected one float64 row", id="2d-coef"),
+        pytest.param({}, _linear_payload([1, 2], 0.5, "{}"), "expected one float64 row", id="int-coef"),
+        pytest.param({}, _linear_payload([1.0], [0.5, 1.0], "{}"), "one scalar", id="vector-intercept"),
+        pytest.param({}, _linear_payload([1.0], 0.5, '{"steps": 1}'), "do not fit", id="foreign-parameter"),
+        pytest.param({}, _linear_payload([1.0], 0.5, "not json"), "not a trip duration", id="bad-json"),
+        pytest.param({}, b"PK\x03\x04 nothing", "not a trip duration", id="not-npz"),
+    ],
+)
+def test_linear_npz_refuses_what_is_not_one_of_its_linear_models(
+    manifest_update: dict[str, Any], payload: bytes | None, message: str, saved, tmp_path
+):
+    path, _ = saved["ridge"]
+    forged = rewrite_model(
+        path,
+        tmp_path / "forged.zip",
+        manifest_update=manifest_update,
+        members={"estimator.npz": payload} if payload is not None else None,
+    )
+    with pytest.raises(ModelIntegrityError, match=message):
         load_duration_model(forged, file_sha256(forged))
 
 
@@ -365,7 +414,7 @@ def test_xgboost_codec_refuses_a_manifest_naming_another_estimator(saved, tmp_pa
         load_duration_model(forged, None)
 
 
-@pytest.mark.parametrize("missing", ["manifest.json", "vectorizer.json", "estimator.skops"])
+@pytest.mark.parametrize("missing", ["manifest.json", "vectorizer.json", "estimator.npz"])
 def test_archive_missing_a_member_is_refused(missing: str, saved, tmp_path):
     path, _ = saved["ridge"]
     forged = rewrite_model(path, tmp_path / "forged.zip", drop=(missing,))

@@ -83,18 +83,21 @@ CANDIDATES: dict[str, CandidateSpec] = {
             "linear_regression",
             _linear_regression,
             {},
+            codec="linear-npz",
             description="scikit-learn defaults: the course baseline",
         ),
         CandidateSpec(
             "lasso",
             _lasso,
             {"alpha": 0.001, "max_iter": 2000, "random_state": 42},
+            codec="linear-npz",
             description="L1-regularised linear model",
         ),
         CandidateSpec(
             "ridge",
             _ridge,
             {"alpha": 1.0},
+            codec="linear-npz",
             description="L2-regularised linear model",
         ),
         CandidateSpec(

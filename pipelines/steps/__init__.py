@@ -8,24 +8,6 @@ process, so each step module imports only what its step needs (ingest never
 pays for importing MLflow or matplotlib); this package imports none of them.
 """
 
-import atexit
-import gc
-import os
+from pipelines.steps.task_process import begin_task_startup
 
-
-def _skip_exit_collections_in_task_processes() -> None:
-    """In a KFP task process, freeze the garbage collector when the process exits.
-
-    A task runs one step and exits. With MLflow, pandas and scikit-learn loaded, the
-    interpreter's collections during shutdown cost ~0.4 s per task (measured here:
-    2.3 s -> 1.9 s for a process that only imports them); frozen objects are skipped.
-    Exit handlers still run (this one, registered first, runs last), and the memory goes
-    back to the OS with the process. KFP's command for every lightweight component sets
-    ``_KFP_RUNTIME=true``, locally and on a cluster, so tests and other long-lived
-    processes that import a step are left alone.
-    """
-    if os.environ.get("_KFP_RUNTIME") == "true":
-        atexit.register(gc.freeze)
-
-
-_skip_exit_collections_in_task_processes()
+begin_task_startup()

@@ -9,8 +9,10 @@ from typing import Any
 from components.names import NAMESPACE
 from components.registry import tracking
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def deploy_step(
     *,
     registration: Mapping[str, Any],

@@ -18,8 +18,10 @@ from components.registry import tracking
 from components.registry.versions import champion_model
 from components.storage.atomic_write import write_atomically
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def evaluate_step(
     *,
     model_paths: Sequence[str],

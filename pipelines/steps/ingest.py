@@ -8,8 +8,10 @@ from typing import Any
 from components.data.ingest import load_month, write_clean_trips
 from components.storage.s3 import S3Connection
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def ingest_step(
     *,
     color: str,

@@ -13,8 +13,10 @@ from components.registry import tracking
 from components.registry.registration import register_winner
 from components.storage.s3 import S3Connection
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def register_step(
     *,
     winner_path: str,

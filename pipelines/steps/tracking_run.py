@@ -7,8 +7,10 @@ from typing import Any
 
 from components.registry import tracking
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def open_run_step(
     tracking_uri: str, experiment: str, run_name: str, kfp_job_id: str, params: Mapping[str, Any]
 ) -> str:
@@ -17,6 +19,7 @@ def open_run_step(
     return run_id
 
 
+@task_step
 def close_run_step(
     tracking_uri: str, experiment: str, kfp_job_id: str, pipeline_state: str, error: str
 ) -> None:

@@ -9,8 +9,10 @@ from components.features.design_matrix import load_design_matrix, load_vectorize
 from components.models.train import fit_candidate
 from components.registry import tracking
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def train_step(
     *,
     candidate: Mapping[str, Any],

@@ -5,8 +5,10 @@ from __future__ import annotations
 from components.data.ingest import read_clean_trips
 from components.features.design_matrix import save_design_matrix, save_vectorizer, vectorize_trips
 from pipelines.steps.notes import log
+from pipelines.steps.task_process import task_step
 
 
+@task_step
 def vectorize_step(
     *,
     train_trips_path: str,
