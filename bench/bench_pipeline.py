@@ -22,11 +22,15 @@ before and after the repetition (a load well above 0 before a run means someone
 else shares the cores and the numbers are noisy).
 
 It imports nothing of the project (only subprocess + json), so it measures any
-version of the tree: put a checkout first on the path with PYTHONPATH.
+version of the tree. With ``--baseline PATH`` (a checkout of another commit, e.g.
+``git worktree add /tmp/before <commit>``) every round runs that tree and then
+this one, each first on the child's PYTHONPATH, and it prints both tables and the
+per-round ratio of wall times: a baseline measured in the same run, on the same
+machine state.
 
-    python bench/bench_pipeline.py                        # 2 repetitions
+    python bench/bench_pipeline.py                        # 2 repetitions of this tree
     python bench/bench_pipeline.py --repeat 3 --json-out /tmp/bench.json
-    PYTHONPATH=/path/to/checkout /path/to/.venv/bin/python bench/bench_pipeline.py
+    python bench/bench_pipeline.py --baseline /tmp/before  # rounds of: before, this tree
     python bench/bench_pipeline.py -- --candidates ridge,xgboost   # extra arguments for `run`
 """
 
@@ -49,6 +53,12 @@ DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "tlc"
 TAXI_MLOPS = Path(sys.executable).parent / "taxi-mlops"
 
 
+def _child_env(tree: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH", "")]))
+    return env
+
+
 def _source_tree(env: dict[str, str]) -> str:
     """Which checkout the child would import (asked of a child, so this process imports nothing)."""
     probe = "import os, components; print(os.path.dirname(os.path.dirname(components.__file__)))"
@@ -63,11 +73,11 @@ def _source_tree(env: dict[str, str]) -> str:
     return done.stdout.strip() or f"? ({done.stderr.strip().splitlines()[-1:]})"
 
 
-def run_once(data_dir: Path, extra: list[str], keep: bool) -> dict[str, Any]:
-    """One repetition in a fresh state dir; returns its measurements."""
+def run_once(tree: Path, data_dir: Path, extra: list[str], keep: bool) -> dict[str, Any]:
+    """One repetition of ``tree``'s main command in a fresh state dir; returns its measurements."""
     state = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     summary_path = state / "summary.json"
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env = _child_env(tree)
     env["TAXI_MLOPS_STATE_DIR"] = str(state)
     command = [str(TAXI_MLOPS), "run", "--data-dir", str(data_dir), "--summary-out", str(summary_path)]
     command += extra
@@ -145,6 +155,7 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of TLC parquet files")
     parser.add_argument("--repeat", type=int, default=2, help="repetitions (default 2)")
+    parser.add_argument("--baseline", type=Path, help="a checkout of another version, run before this tree")
     parser.add_argument("--json-out", type=Path, help="write every measurement as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep each repetition's state dir")
     parser.add_argument("extra", nargs="*", help="after --: extra arguments for `taxi-mlops run`")
@@ -152,18 +163,35 @@ def main() -> None:
     if not TAXI_MLOPS.exists():
         raise SystemExit(f"{TAXI_MLOPS} not found: run this with the project's venv python")
     data_dir = args.data_dir.resolve()
+    trees = {"this tree": REPO}
+    if args.baseline is not None:
+        trees = {"baseline": args.baseline.resolve(), **trees}
 
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     print(f"command: {TAXI_MLOPS.name} run --data-dir {data_dir} {' '.join(args.extra)}".rstrip())
-    print(f"source tree: {_source_tree(env)}; {os.cpu_count()} cores; repetitions: {args.repeat}\n")
-    results = []
-    for number in range(1, args.repeat + 1):
-        result = run_once(data_dir, args.extra, args.keep)
-        kept = f" (state {result['state_dir']})" if result["state_dir"] else ""
-        print(f"run {number}: {result['wall']:.1f} s wall, winner {result['winner']}{kept}", flush=True)
-        results.append(result)
+    print(f"{os.cpu_count()} cores; repetitions: {args.repeat}")
+    for label, tree in trees.items():
+        print(f"{label}: {_source_tree(_child_env(tree))}")
     print()
-    medians = report(results)
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
+    for number in range(1, args.repeat + 1):
+        for label, tree in trees.items():
+            result = run_once(tree, data_dir, args.extra, args.keep)
+            kept = f" (state {result['state_dir']})" if result["state_dir"] else ""
+            print(
+                f"round {number}, {label}: {result['wall']:.1f} s wall, winner {result['winner']}{kept}",
+                flush=True,
+            )
+            results[label].append(result)
+    medians = {}
+    for label in trees:
+        print(f"\n== {label} ==")
+        medians[label] = report(results[label])
+    if args.baseline is not None:
+        pairs = zip(results["baseline"], results["this tree"], strict=True)
+        ratios = [before["wall"] / after["wall"] for before, after in pairs]
+        per_round = " ".join(f"{ratio:.2f}" for ratio in ratios)
+        median_ratio = statistics.median(ratios)
+        print(f"\nwall time, baseline / this tree: per round {per_round}; median {median_ratio:.2f}x")
     if args.json_out:
         args.json_out.write_text(json.dumps({"runs": results, "median": medians}, indent=2) + "\n")
 

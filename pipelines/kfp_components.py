@@ -28,9 +28,10 @@ def open_tracking_run(
     color: str,
     train_month: str,
     val_month: str,
+    artifact_location: str,
     mlflow_run: Output[Artifact],
 ) -> None:
-    """Start the MLflow parent run for this pipeline run.
+    """Start the MLflow parent run for this pipeline run (creating the experiment if it is new).
 
     The run id travels as an artifact (metadata ``run_id``), not as an output
     parameter: kfp.local (2.17) replaces every task-output parameter fed into
@@ -46,6 +47,7 @@ def open_tracking_run(
         run_name,
         kfp_job_id,
         {"color": color, "train_month": train_month, "val_month": val_month},
+        artifact_location,
     )
     mlflow_run.metadata.update({"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment})
     with open(mlflow_run.path, "w", encoding="utf-8") as handle:

@@ -78,6 +78,7 @@ def build_pipeline(
         min_improvement: float = 0.01,
         tracking_uri: str = defaults.tracking_uri,
         experiment: str = EXPERIMENT_NAME,
+        artifact_location: str = "",
         model_name: str = REGISTERED_MODEL_NAME,
         run_name: str = "",
         data_dir: str = "",
@@ -106,6 +107,7 @@ def build_pipeline(
                 color=color,
                 train_month=train_month,
                 val_month=val_month,
+                artifact_location=artifact_location,
             ).set_display_name("open-mlflow-run")
 
             source = {

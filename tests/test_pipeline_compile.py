@@ -53,6 +53,7 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
         "min_improvement": "NUMBER_DOUBLE",
         "tracking_uri": "STRING",
         "experiment": "STRING",
+        "artifact_location": "STRING",
         "model_name": "STRING",
         "data_dir": "STRING",
         "s3_uri": "STRING",

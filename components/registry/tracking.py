@@ -40,16 +40,25 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
 
 
 def open_pipeline_run(
-    tracking_uri: str, experiment: str, run_name: str, kfp_job_id: str, params: Mapping[str, Any]
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    kfp_job_id: str,
+    params: Mapping[str, Any],
+    artifact_location: str = "",
 ) -> str:
     """Start the parent run for one pipeline run and return its id (left RUNNING).
+
+    A missing experiment is created here, with ``artifact_location`` (empty: the
+    tracking server's default), so the first task to touch a fresh tracking
+    store is this one and the parallel training tasks find it ready.
 
     The run is tagged with the KFP job id so the exit handler, which may not
     depend on other tasks, can find it again, and with ``run_name`` so the
     CLI can read the run's summary back.
     """
     client = client_for(tracking_uri)
-    experiment_id = ensure_experiment(tracking_uri, experiment)
+    experiment_id = ensure_experiment(tracking_uri, experiment, artifact_location or None)
     run = client.create_run(
         experiment_id,
         run_name=run_name or None,

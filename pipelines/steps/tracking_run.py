@@ -12,9 +12,16 @@ from pipelines.steps.task_process import task_step
 
 @task_step
 def open_run_step(
-    tracking_uri: str, experiment: str, run_name: str, kfp_job_id: str, params: Mapping[str, Any]
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    kfp_job_id: str,
+    params: Mapping[str, Any],
+    artifact_location: str = "",
 ) -> str:
-    run_id = tracking.open_pipeline_run(tracking_uri, experiment, run_name, kfp_job_id, params)
+    run_id = tracking.open_pipeline_run(
+        tracking_uri, experiment, run_name, kfp_job_id, params, artifact_location
+    )
     log.info("MLflow pipeline run %s in experiment %r", run_id, experiment)
     return run_id
 
