@@ -47,13 +47,16 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import kserve
+import kserve.model_server
 from kserve.errors import InvalidInput
 from kserve.logging import KSERVE_LOGGER_NAME, KSERVE_TRACE_LOGGER_NAME, configure_logging
 
 from components.errors import TaxiMlopsError
 from components.names import SERVED_MODEL_NAME
+from serving import error_responses
 from serving.model_source import normalize_sha256
 from serving.predictor import ModelSpec, TripDurationPredictor
 from serving.trip_request import DEFAULT_MAX_BATCH_ROWS, RequestLimits, TripDataPlane
@@ -103,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking/registry URI for models:/ URIs (default: $MLFLOW_TRACKING_URI)",
     )
     parser.add_argument(
+        "--bind-host",
+        default="0.0.0.0",
+        help="address to listen on (default 0.0.0.0, as in the container; the local stack uses 127.0.0.1 "
+        "so that only its traffic splitter is reachable)",
+    )
+    parser.add_argument(
         "--max-batch-rows",
         type=_positive_int,
         default=DEFAULT_MAX_BATCH_ROWS,
@@ -142,6 +151,26 @@ def configure_request_logging(args: argparse.Namespace) -> None:
         logging.getLogger(name).addFilter(drop)
 
 
+class _ModelServer(kserve.ModelServer):
+    """KServe's model server, listening on ``bind_host``.
+
+    KServe 0.21 hard-codes ``host="0.0.0.0"`` in ``RESTServer`` (both the one-process
+    and the multi-process server keep one, whose uvicorn config binds the socket).
+    ``ModelServer.start()`` builds it and then calls ``setup_event_loop()`` before it
+    serves: the last moment its config can still be told where to listen.
+    """
+
+    def __init__(self, bind_host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._bind_host = bind_host
+
+    def setup_event_loop(self) -> None:
+        for server in (self._rest_server, getattr(self._rest_multiprocess_server, "_rest_server", None)):
+            if server is not None:
+                server.config.host = self._bind_host
+        super().setup_event_loop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_request_logging(args)
@@ -173,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.record.sha256,
         model.record.uri,
     )
-    server = kserve.ModelServer(
+    server = _ModelServer(
+        args.bind_host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=args.workers,
@@ -188,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Before start(): the REST (and gRPC) server take the data plane from here.
     server.dataplane = TripDataPlane(model_registry=server.registered_models)
+    error_responses.install(kserve.model_server.app)
     server.start([model])
     return 0
 

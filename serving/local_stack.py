@@ -86,6 +86,9 @@ def kserve_predictor_command(
         revision.model_version,
         "--http_port",
         str(port),
+        # Only the splitter is meant to be reachable; the container keeps the default 0.0.0.0.
+        "--bind-host",
+        PREDICTOR_HOST,
     ]
 
 

@@ -108,11 +108,21 @@ def _is_number(value: Any) -> bool:
     )
 
 
+def _as_float(value: Any, field: str, row: int, limit: str) -> float:
+    """``float(value)``; a JSON integer too big for a float (400 digits) is refused, not an OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        digits = len(str(abs(int(value))))
+        message = f"a {digits}-digit number is far beyond {limit}"
+        raise TripRequestError(message, field=field, row=row) from None
+
+
 def location_id(value: Any, field: str, row: int) -> int:
     """A zone id: an integral number (130 or 130.0) in 1..265."""
     if not _is_number(value):
         raise TripRequestError(f"must be an integer zone id, got {_type_name(value)}", field=field, row=row)
-    number = float(value)
+    number = _as_float(value, field, row, f"the TLC zones {MIN_LOCATION_ID}..{MAX_LOCATION_ID}")
     if not math.isfinite(number) or number != math.floor(number):
         raise TripRequestError(f"must be an integer zone id, got {value!r}", field=field, row=row)
     if not MIN_LOCATION_ID <= number <= MAX_LOCATION_ID:
@@ -128,7 +138,7 @@ def trip_distance(value: Any, field: str, row: int) -> float:
     """A distance in miles: a finite number in 0..500."""
     if not _is_number(value):
         raise TripRequestError(f"must be a number of miles, got {_type_name(value)}", field=field, row=row)
-    number = float(value)
+    number = _as_float(value, field, row, f"the {MAX_TRIP_DISTANCE_MILES:g} miles a taxi trip can cover")
     if not math.isfinite(number):
         raise TripRequestError(f"must be a finite number of miles, got {value!r}", field=field, row=row)
     if number < 0:
@@ -178,10 +188,15 @@ def _batch(pu: list[int], do: list[int], distance: list[float]) -> TripBatch:
     )
 
 
+_TOO_DEEP: Final = "body nests too deeply to decode; send a flat list of trips"
+
+
 def _decode_json(body: bytes | str) -> Any:
     """A body KServe left undecoded because its Content-Type was not JSON (e.g. curl's default)."""
     try:
         return json.loads(body)
+    except RecursionError:
+        raise TripRequestError(_TOO_DEEP) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise TripRequestError(f"body is not JSON ({exc}); send application/json") from exc
 
@@ -288,6 +303,8 @@ class TripDataPlane(DataPlane):
                 raise
             try:
                 lenient = json.loads(body)
+            except RecursionError:
+                raise TripRequestError(_TOO_DEEP) from None
             except (ValueError, UnicodeDecodeError):
                 raise strict_error from None
             return super().decode(lenient, headers, protocol_version, model_name)

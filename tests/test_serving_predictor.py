@@ -71,7 +71,7 @@ def servers(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         # Exactly the canary stack's command line.
         "champion": [
             *("--model_name", "duration", "--model-uri", str(built.folder), "--model-sha256", built.sha256),
-            *("--model-version", "3", "--http_port", str(ports["champion"])),
+            *("--model-version", "3", "--http_port", str(ports["champion"]), "--bind-host", "127.0.0.1"),
         ],
         "challenger": [
             *("--model_name", "duration", "--model-uri", str(challenger_dir), "--model-version", "4"),
@@ -231,6 +231,18 @@ def _raw_v1_with_token(records: list[dict[str, Any]], row: int, token: str) -> b
     return body.replace("12345.678", token).encode()
 
 
+BIG_INT = 10**400
+
+
+def _nested(depth: int, key: str) -> bytes:
+    return (f'{{"{key}":' + "[" * depth + "]" * depth + "}").encode()
+
+
+def _raw_v1_with_big_int(records: list[dict[str, Any]], field: str) -> bytes:
+    """A v1 body whose row 1 has ``field`` set to a 401-digit JSON integer."""
+    return json.dumps(_instances(records, 1, **{field: 12345})).replace("12345", str(BIG_INT)).encode()
+
+
 # (case id, body builder, content-type, status, substrings the error must contain)
 V1_REFUSALS: list[tuple[str, Any, str, int, list[str]]] = [
     ("not-json", lambda r: b"{not json", "application/json", 400, ["Unrecognized request format"]),
@@ -336,6 +348,22 @@ V1_REFUSALS: list[tuple[str, Any, str, int, list[str]]] = [
         ["trip_distance (row 2)", "finite"],
     ),
     ("empty-batch", lambda r: {"instances": []}, "application/json", 400, ["instances", "empty batch"]),
+    # Used to be 500s (RecursionError, OverflowError) that also cost the next request its connection.
+    ("nested-6000-deep", lambda r: _nested(6000, "instances"), "application/json", 400, ["nests too deeply"]),
+    (
+        "400-digit-zone",
+        lambda r: _raw_v1_with_big_int(r, "PULocationID"),
+        "application/json",
+        400,
+        ["PULocationID (row 1)", "401-digit number", "TLC zones"],
+    ),
+    (
+        "400-digit-distance",
+        lambda r: _raw_v1_with_big_int(r, "trip_distance"),
+        "application/json",
+        400,
+        ["trip_distance (row 1)", "401-digit number", "miles"],
+    ),
     (
         "batch-over-default-limit",
         lambda r: {"instances": [r[0]] * 10_001},
@@ -386,9 +414,23 @@ def _raw_v2_nan(records: list[dict[str, Any]]) -> bytes:
 
 
 V2_REFUSALS: list[tuple[str, Any, int, list[str]]] = [
-    # FastAPI validates the v2 envelope before KServe or the model see it: 422, its convention.
-    ("not-json", lambda r: b"{not json", 422, ["JSON decode error"]),
-    ("input-without-data", lambda r: _v2_changed(r, "trip_distance", data=None), 422, ["data"]),
+    # FastAPI validates the v2 envelope before KServe or the model see it; its 422 {"detail": [...]}
+    # is answered in the one shape too (serving/error_responses.py).
+    ("not-json", lambda r: b"{not json", 400, ["body is not JSON", "application/json"]),
+    ("input-without-data", lambda r: _v2_changed(r, "trip_distance", data=None), 400, ["inputs.2.data"]),
+    ("nested-6000-deep", lambda r: _nested(6000, "inputs"), 400, ["error parsing the body"]),
+    (
+        "400-digit-zone",
+        lambda r: _v2_value(r, "DOLocationID", 2, BIG_INT),
+        400,
+        ["DOLocationID (row 2)", "401-digit number"],
+    ),
+    (
+        "400-digit-distance",
+        lambda r: _v2_value(r, "trip_distance", 0, BIG_INT),
+        400,
+        ["trip_distance (row 0)", "401-digit number"],
+    ),
     ("missing-input", lambda r: _v2_without(r, "trip_distance"), 400, ["trip_distance", "missing input"]),
     (
         "unequal-lengths",
@@ -450,10 +492,56 @@ V2_REFUSALS: list[tuple[str, Any, int, list[str]]] = [
 def test_v2_refusals(champion: Server, built: Built, make_body, status: int, parts):
     answer = _post(champion, V2, make_body(built.records))
     assert answer.status_code == status, answer.text
-    text = answer.text  # 400: {"error": ...}; 422: FastAPI's {"detail": [...]}
+    message = answer.json()["error"]
     for part in parts:
-        assert part in text
+        assert part in message
     _assert_good_request_still_works(champion, built)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "parts"),
+    [
+        # GET on :predict used to reach the model-metadata route: "model duration:predict does not exist".
+        ("GET", V1, 405, ["GET is not allowed", "POST"]),
+        ("GET", V2, 405, ["GET is not allowed", "POST"]),
+        ("PUT", V2, 405, ["PUT is not allowed", "POST"]),
+        ("DELETE", "/v2/models/duration", 405, ["Method Not Allowed"]),
+        ("GET", "/no/such/path", 404, ["Not Found"]),
+        ("POST", "/v1/models/other:predict", 404, ["other"]),
+    ],
+)
+def test_wrong_methods_and_paths_get_the_one_error_shape(
+    champion: Server, built: Built, method: str, path: str, status: int, parts: list[str]
+):
+    answer = requests.request(method, f"{champion.url}{path}", data=b"{}", headers=JSON, timeout=30)
+    assert answer.status_code == status, answer.text
+    assert list(answer.json()) == ["error"]
+    for part in parts:
+        assert part in answer.json()["error"]
+    if status == 405 and path in (V1, V2):
+        assert answer.headers["allow"] == "POST"
+    _assert_good_request_still_works(champion, built)
+
+
+def _listening_addresses(pid: int, port: int) -> set[str]:
+    import psutil
+
+    process = psutil.Process(pid)
+    return {
+        conn.laddr.ip
+        for proc in (process, *process.children(recursive=True))
+        # psutil >= 6 calls it net_connections; 5.x only has connections.
+        for conn in getattr(proc, "net_connections", proc.connections)(kind="inet")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    }
+
+
+def test_the_stack_command_listens_on_loopback_only_and_the_container_default_on_all(
+    servers: dict[str, Server],
+):
+    champion, challenger = servers["champion"], servers["challenger"]
+    assert _listening_addresses(champion.process.pid, int(champion.url.rsplit(":", 1)[1])) == {"127.0.0.1"}
+    assert _listening_addresses(challenger.process.pid, int(challenger.url.rsplit(":", 1)[1])) == {"0.0.0.0"}
 
 
 def test_configured_batch_limit(challenger: Server, built: Built):
