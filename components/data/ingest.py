@@ -7,9 +7,28 @@ Cleaning rules, applied in this order; a row is counted under the first rule it
 fails, so the counts add up to ``rows_read - rows_kept``:
 
 1. ``missing_values``: a null in pickup, dropoff, either zone id or trip_distance;
-2. ``pickup_outside_month``: real files carry stray pickups (2009, the last minutes
+2. ``zone_out_of_range``: a pickup or dropoff zone id outside the TLC zones 1..265;
+3. ``distance_out_of_range``: a trip_distance that is not finite, negative, or beyond
+   500 miles (real months hold meter glitches of 100,000+ miles);
+4. ``pickup_outside_month``: real files carry stray pickups (2009, the last minutes
    of the previous month, the next month) that do not belong to the requested month;
-3. ``duration_out_of_range``: keep 1 <= duration minutes <= 60, the course's rule.
+5. ``duration_out_of_range``: keep 1 <= duration minutes <= 60, the course's rule.
+
+Rules 2 and 3 are the predictor's own input rules (``components.features.trip_domain``,
+the one definition): a model is trained only on trips it would agree to answer.
+
+Why this order: first whether a field is there at all (a null is "missing", never
+"out of range"), then whether each field's value is a possible trip (zones, then
+distance, the order the predictor checks a request in), both properties of the row
+whatever month was asked for; then whether the row belongs to the requested month;
+last the label (duration), which is derived from two timestamps and is the course's
+training rule rather than a validity rule. So a stray 2009 pickup with a valid record
+counts as ``pickup_outside_month``, and a record that no month could use (zone 0,
+an infinite distance) counts as invalid data wherever its pickup falls.
+
+After the rules, a month must keep at least ``min_rows`` rows (``too_few_rows``):
+a handful of surviving trips would otherwise train a model, pass the gate against
+no champion, and be deployed.
 """
 
 from __future__ import annotations
@@ -23,6 +42,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.data.cleaning_rules import (
+    MAX_DURATION_MINUTES,
+    MIN_DURATION_MINUTES,
+    RULES,
+)
 from components.data.tlc_schema import (
     CLEAN_COLUMNS,
     DO_LOCATION,
@@ -41,13 +65,10 @@ from components.data.tlc_schema import (
 )
 from components.data.tlc_source import resolve_trip_file
 from components.errors import IngestError
+from components.features.trip_domain import distances_in_domain, location_ids_in_domain
 from components.names import TLC_BASE_URL
 from components.storage.checksums import file_sha256
 from components.storage.s3 import S3Connection
-
-MIN_DURATION_MINUTES: Final = 1.0
-MAX_DURATION_MINUTES: Final = 60.0
-RULES: Final[tuple[str, ...]] = ("missing_values", "pickup_outside_month", "duration_out_of_range")
 
 # Arrow schema of the cleaned dataset handed between pipeline tasks.
 CLEAN_SCHEMA: Final = pa.schema(
@@ -96,14 +117,20 @@ def load_month(
     s3: S3Connection | None = None,
     cache_dir: Path | str | None = None,
     base_url: str = TLC_BASE_URL,
+    min_rows: int = 1,
 ) -> tuple[pd.DataFrame, IngestReport]:
-    """Locate, read and clean one month; see ``resolve_trip_file`` for the sources."""
+    """Locate, read and clean one month; see ``resolve_trip_file`` for the sources.
+
+    ``min_rows``: see ``clean_trips``. The pipeline passes its parameter ``min_rows``
+    (default ``cleaning_rules.DEFAULT_MIN_ROWS``); the library's own default of 1 only
+    refuses a month with no rows left, for callers that sample small files on purpose.
+    """
     check_request(color, month)
     resolved = resolve_trip_file(
         color, month, data_dir=data_dir, s3_uri=s3_uri, s3=s3, cache_dir=cache_dir, base_url=base_url
     )
     raw = read_trip_file(resolved.path, color)
-    clean, dropped = clean_trips(raw, color, month, str(resolved.path))
+    clean, dropped = clean_trips(raw, color, month, str(resolved.path), min_rows=min_rows)
     report = IngestReport(
         source=resolved.source,
         sha256=file_sha256(resolved.path),
@@ -135,22 +162,28 @@ def read_trip_file(path: Path, color: str) -> pd.DataFrame:
 
 
 def clean_trips(
-    raw: pd.DataFrame, color: str, month: str, source: str
+    raw: pd.DataFrame, color: str, month: str, source: str, *, min_rows: int = 1
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Normalize a raw TLC frame and apply the cleaning rules in order.
 
     ``raw`` has the TLC's own column names for ``color`` (any publication year's
     dtypes). Returns the clean frame (columns ``CLEAN_COLUMNS``, fresh index) and
     rows dropped per rule, every rule present, in rule order. ``source`` names the
-    data in error messages.
+    data in error messages. Raises ``IngestError`` ``no_rows_left`` when no row
+    survives, and ``too_few_rows`` when fewer than ``min_rows`` do.
     """
     check_request(color, month)
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        detail = f"min_rows must be a whole number of at least 1, not {min_rows!r}"
+        raise IngestError(source, "bad_request", detail)
     if raw.empty:
         raise IngestError(source, "empty_file", "no rows to clean")
     trips = normalize_trips(raw, color, source)
     start, end = month_bounds(month)
     checks: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
         "missing_values": lambda df: df[list(NORMALIZED_COLUMNS)].notna().all(axis=1),
+        "zone_out_of_range": lambda df: _zone_in_domain(df[PU_LOCATION]) & _zone_in_domain(df[DO_LOCATION]),
+        "distance_out_of_range": lambda df: pd.Series(distances_in_domain(df[TRIP_DISTANCE]), index=df.index),
         "pickup_outside_month": lambda df: (df[PICKUP] >= start) & (df[PICKUP] < end),
         "duration_out_of_range": lambda df: df[DURATION].between(MIN_DURATION_MINUTES, MAX_DURATION_MINUTES),
     }
@@ -160,13 +193,31 @@ def clean_trips(
         keep = checks[rule](trips)
         dropped[rule] = int((~keep).sum())
         trips = trips[keep]
+    counts = ", ".join(f"{rule}={n}" for rule, n in dropped.items())
     if trips.empty:
-        counts = ", ".join(f"{rule}={n}" for rule, n in dropped.items())
         detail = f"all {len(raw)} rows of {color} {month} were dropped ({counts})"
         raise IngestError(source, "no_rows_left", detail)
+    if len(trips) < min_rows:
+        detail = (
+            f"kept {len(trips)} of {len(raw)} rows of {color} {month} after cleaning ({counts}), "
+            f"fewer than min_rows={min_rows}, the least a month needs to train or evaluate on"
+        )
+        raise IngestError(source, "too_few_rows", detail)
     clean = trips.loc[:, list(CLEAN_COLUMNS)].reset_index(drop=True)
     clean[DURATION] = clean[DURATION].astype("float64")
     return clean, dropped
+
+
+def _zone_in_domain(ids: pd.Series) -> pd.Series:
+    """``trip_domain.location_ids_in_domain`` for a column of id strings ("130"), nulls False.
+
+    Only the few hundred distinct strings are parsed (a yellow month has ~3M rows and
+    parsing every one costs seconds); a string that is not a number is outside the domain.
+    """
+    codes, uniques = pd.factorize(ids)
+    numbers = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype="float64")
+    valid = location_ids_in_domain(numbers)
+    return pd.Series((codes >= 0) & valid[codes], index=ids.index)
 
 
 def write_clean_trips(df: pd.DataFrame, path: Path | str) -> Path:

@@ -8,7 +8,8 @@ Usage::
     # -> tmp_path / "green_tripdata_2021-01.parquet"
     data_dir = write_tlc_dir(tmp_path / "tlc")  # green 2021-01 (train) + 2021-02 (val)
     planned_drops(200)
-    # -> {"missing_values": 4, "pickup_outside_month": 3, "duration_out_of_range": 10}
+    # -> {"missing_values": 4, "zone_out_of_range": 0, "distance_out_of_range": 0,
+    #     "pickup_outside_month": 3, "duration_out_of_range": 10}
 
 Schema variants (exact arrow types, as published by the TLC):
 
@@ -25,7 +26,8 @@ Schema variants (exact arrow types, as published by the TLC):
 Rows are deterministic for a given ``seed``. Zone geometry and speeds are fixed
 (independent of ``seed`` and month), so a model fit on one generated month predicts
 another: duration grows with ``trip_distance`` and depends on the PU/DO zone pair.
-Each file contains, besides clean trips (1.5..58.5 min, zone ids 1..265):
+Each file contains, besides clean trips (1.5..58.5 min, zone ids 1..265, distances of 0.1..~15 miles;
+no zone or distance outside the trip domain, tests that need them put them in):
 
 * ``planned_drops(rows)["missing_values"]`` rows with one required field null;
 * 3 stray pickups: two on 2009-01-01 and one at 23:57 on the previous month's last day
@@ -64,6 +66,8 @@ def planned_drops(rows: int) -> dict[str, int]:
     _check_rows(rows)
     return {
         "missing_values": max(1, rows // 50),
+        "zone_out_of_range": 0,  # generated zones and distances are all within the trip domain
+        "distance_out_of_range": 0,
         "pickup_outside_month": STRAY_PICKUPS,
         "duration_out_of_range": max(3, rows // 20),
     }
@@ -228,6 +232,36 @@ def write_tlc_dir(
     for k, month in enumerate(months):
         write_trip_file(out, color=color, month=month, rows=rows, variant=variant, seed=seed + k)
     return out
+
+
+def clean_rows(table: pa.Table, month: str) -> np.ndarray:
+    """Positions of the rows of a generated ``table`` that no cleaning rule drops.
+
+    Worked out from the table itself (required fields present, pickup in ``month``,
+    1..60 minutes), not by ingest, so tests can spoil rows that would otherwise be kept.
+    """
+    frame = table.to_pandas()
+    pickup = frame.filter(like="pickup_datetime").iloc[:, 0]
+    dropoff = frame.filter(like="dropoff_datetime").iloc[:, 0]
+    required = pd.concat([pickup, dropoff, frame[["PULocationID", "DOLocationID", "trip_distance"]]], axis=1)
+    start = pd.Timestamp(f"{month}-01")
+    minutes = (dropoff - pickup).dt.total_seconds() / 60.0
+    keep = (
+        required.notna().all(axis=1)
+        & (pickup >= start)
+        & (pickup < start + pd.offsets.MonthBegin(1))
+        & minutes.between(1.0, 60.0)
+    )
+    return np.flatnonzero(keep.to_numpy())
+
+
+def with_values(table: pa.Table, column: str, rows: Sequence[int], values: Sequence[object]) -> pa.Table:
+    """``table`` with ``column`` at positions ``rows`` set to ``values`` (its arrow type kept)."""
+    index = table.schema.get_field_index(column)
+    cells = table.column(column).to_pylist()
+    for row, value in zip(rows, values, strict=True):
+        cells[row] = value
+    return table.set_column(index, column, pa.array(cells, type=table.schema.field(index).type))
 
 
 # ---------------------------------------------------------------- internals
