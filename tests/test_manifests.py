@@ -496,12 +496,17 @@ def test_serving_runtime_and_predictor_service_account(base: list[dict[str, Any]
     assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "1"}]
     assert container["imagePullPolicy"] == "IfNotPresent"
     account = find(base, "ServiceAccount", PREDICTOR_ACCOUNT, NS)
-    assert account["metadata"]["annotations"] == {
+    # The S3 settings are on the Secret it lists, where KServe reads them without an IRSA role
+    # (tests/test_cluster_upstream_rules.py has the rule and its upstream source).
+    assert "annotations" not in account["metadata"]
+    assert account["secrets"] == [{"name": SECRET_NAME}]
+    assert find(base, "Secret", SECRET_NAME, NS)["metadata"]["annotations"] == {
         "serving.kserve.io/s3-endpoint": S3_ENDPOINT,
         "serving.kserve.io/s3-usehttps": "0",
         "serving.kserve.io/s3-region": "us-east-1",
     }
-    assert account["secrets"] == [{"name": SECRET_NAME}]
+    # KFP's copy is read through kfp-launcher's providers config; KServe never sees it.
+    assert "annotations" not in find(base, "Secret", SECRET_NAME, KFP_NS)["metadata"]
 
 
 def test_security_contexts_and_resources(base: list[dict[str, Any]], kind_overlay) -> None:
