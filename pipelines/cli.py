@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from components.data.cleaning_rules import DEFAULT_MIN_ROWS
 from components.errors import TaxiMlopsError
 from components.models.candidates import CANDIDATES
 from components.names import EXPERIMENT_NAME, INFERENCE_SERVICE, NAMESPACE, SERVED_MODEL_NAME
@@ -98,6 +99,13 @@ def main() -> None:
     show_default=True,
     help="Traffic share for a newly registered challenger in the local deployment.",
 )
+@click.option(
+    "--min-rows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MIN_ROWS,
+    show_default=True,
+    help="Rows each month must keep after cleaning; fewer fails ingest (too_few_rows) and nothing trains.",
+)
 @click.option("--no-deploy", is_flag=True, help="Register only; leave the local deployment as it is.")
 @click.option("--verbose", is_flag=True, help="Stream KFP's own task logs too.")
 def run(
@@ -112,6 +120,7 @@ def run(
     summary_out: Path | None,
     state_dir: Path | None,
     canary_percent: int,
+    min_rows: int,
     no_deploy: bool,
     verbose: bool,
 ) -> None:
@@ -134,6 +143,7 @@ def run(
         s3_uri=s3_uri,
         candidates=parse_candidates(candidate_names, param_overrides),
         min_improvement=min_improvement,
+        min_rows=min_rows,
         canary_percent=canary_percent,
         deploy=not no_deploy,
     )

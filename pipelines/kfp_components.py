@@ -72,9 +72,10 @@ def ingest(
     s3_uri: str,
     cache_dir: str,
     tlc_base_url: str,
+    min_rows: int,
     trips: Output[Dataset],
 ) -> dict:
-    """Read one month of TLC trips, clean it; returns the ingest report."""
+    """Read one month of TLC trips and clean it (keeping at least ``min_rows``); returns the ingest report."""
     from pipelines.steps.ingest import ingest_step
 
     report = ingest_step(
@@ -84,6 +85,7 @@ def ingest(
         s3_uri=s3_uri,
         cache_dir=cache_dir,
         tlc_base_url=tlc_base_url,
+        min_rows=min_rows,
         trips_path=trips.path,
     )
     trips.metadata.update(report)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from components.data.cleaning_rules import DEFAULT_MIN_ROWS
 from components.errors import TaxiMlopsError
 from pipelines.settings import Settings
 
@@ -60,6 +61,7 @@ class RunRequest:
     s3_uri: str | None = None
     candidates: Sequence[Mapping[str, Any]] | None = None
     min_improvement: float = 0.01
+    min_rows: int = DEFAULT_MIN_ROWS  # rows each month must keep after cleaning (too_few_rows)
     canary_percent: int = 20
     deploy: bool = True  # roll the registered version out to the local deployment state
 
@@ -211,6 +213,7 @@ def pipeline_arguments(settings: Settings, request: RunRequest, run_name: str) -
         "s3_uri": request.s3_uri or "",
         "cache_dir": str(settings.cache_dir),
         "tlc_base_url": settings.tlc_base_url,
+        "min_rows": request.min_rows,
         "deployment_state_path": str(settings.deployment_state_path) if request.deploy else "",
         "canary_percent": request.canary_percent,
     }

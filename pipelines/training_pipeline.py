@@ -17,6 +17,7 @@ from typing import List  # noqa: UP035 - KFP's signature parser wants typing.Lis
 from kfp import compiler, dsl
 from kfp.dsl.base_component import BaseComponent
 
+from components.data.cleaning_rules import DEFAULT_MIN_ROWS
 from components.models.candidates import CANDIDATES
 from components.names import (
     EXPERIMENT_NAME,
@@ -85,6 +86,7 @@ def build_pipeline(
         s3_uri: str = "",
         cache_dir: str = "",
         tlc_base_url: str = TLC_BASE_URL,
+        min_rows: int = DEFAULT_MIN_ROWS,
         model_store_uri: str = defaults.model_store_uri,
         deployment_state_path: str = "",
         inference_service: str = defaults.inference_service,
@@ -115,6 +117,7 @@ def build_pipeline(
                 "s3_uri": s3_uri,
                 "cache_dir": cache_dir,
                 "tlc_base_url": tlc_base_url,
+                "min_rows": min_rows,
             }
             train_trips = ingest(color=color, month=train_month, **source).set_display_name(
                 "ingest-train-month"

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from components.data.cleaning_rules import DEFAULT_MIN_ROWS
 from components.models.candidates import CANDIDATES
 from pipelines.cli import main
 from pipelines.kfp_components import PIPELINE_IMAGE
@@ -59,6 +60,7 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
         "s3_uri": "STRING",
         "cache_dir": "STRING",
         "tlc_base_url": "STRING",
+        "min_rows": "NUMBER_INTEGER",
         "run_name": "STRING",
         "deployment_state_path": "STRING",
         "canary_percent": "NUMBER_INTEGER",
@@ -69,6 +71,7 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
     assert {name: spec["parameterType"] for name, spec in params.items()} == expected
     assert params["color"]["defaultValue"] == "green"
     assert params["min_improvement"]["defaultValue"] == pytest.approx(0.01)
+    assert params["min_rows"]["defaultValue"] == DEFAULT_MIN_ROWS == 1000
     # The local build uploads nothing and deploys to no InferenceService unless told to.
     assert params["model_store_uri"]["defaultValue"] == ""
     assert params["inference_service"]["defaultValue"] == ""
@@ -98,6 +101,15 @@ def test_task_graph(pipeline_ir):
     assert set(body["vectorize"]["dependentTasks"]) == {"ingest", "ingest-2"}
     assert set(body["evaluate"]["dependentTasks"]) >= {"for-loop-2", "ingest-2", "open-tracking-run"}
     assert set(body["register"]["dependentTasks"]) >= {"evaluate"}
+
+
+def test_both_ingest_tasks_get_the_min_rows_parameter(pipeline_ir):
+    body = _dag_tasks(pipeline_ir, "comp-exit-handler-1")
+    for task in ("ingest", "ingest-2"):
+        given = body[task]["inputs"]["parameters"]["min_rows"]
+        assert given == {"componentInputParameter": "pipelinechannel--min_rows"}, task
+    ingest_inputs = pipeline_ir["components"]["comp-ingest"]["inputDefinitions"]["parameters"]
+    assert ingest_inputs["min_rows"]["parameterType"] == "NUMBER_INTEGER"
 
 
 def test_candidates_fan_out_with_parallel_for_and_are_collected(pipeline_ir):

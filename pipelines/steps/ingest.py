@@ -20,9 +20,14 @@ def ingest_step(
     s3_uri: str,
     cache_dir: str,
     tlc_base_url: str,
+    min_rows: int,
     trips_path: str,
 ) -> dict[str, Any]:
-    """Fetch and clean one month; returns the ingest report (also logged as one line)."""
+    """Fetch and clean one month; returns the ingest report (also logged as one line).
+
+    Fewer than ``min_rows`` kept rows fail the step (``IngestError`` ``too_few_rows``),
+    so nothing downstream trains on, or is judged on, such a month.
+    """
 
     s3 = S3Connection.from_env() if s3_uri else None
     trips, report = load_month(
@@ -33,6 +38,7 @@ def ingest_step(
         s3=s3,
         cache_dir=cache_dir or None,
         base_url=tlc_base_url,
+        min_rows=min_rows,
     )
     write_clean_trips(trips, Path(trips_path))
     log.info("%s", report.summary_line())
