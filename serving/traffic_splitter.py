@@ -8,9 +8,18 @@ processes, so a client sees one URL whatever the deployment looks like:
 * every ``/v1/...`` and ``/v2/...`` request is sent to the canary with
   probability ``canary_percent / 100`` and to the champion otherwise, and the
   response says where it went (``x-taxi-revision``, ``x-model-version``);
-* upstream answers, 4xx included, are passed through unchanged; an upstream
-  that cannot be reached gives 502 (504 on timeout) with a JSON error naming
-  the revision; with no champion at all the answer is 503;
+* upstream answers, 4xx included, are passed through unchanged; with no
+  champion at all the answer is 503;
+* a request never pays for another one's failure. Predictions are deterministic
+  functions of the body and change nothing, so forwarding one twice is safe: a
+  pooled keep-alive connection the predictor has closed is retried once on a
+  fresh connection, and a predictor that refuses connections is marked unhealthy
+  and its share goes to the other live revision until its readiness probe passes
+  (``serving/revision_health.py``). Only when no revision can answer does the
+  client get 502 (504 on timeout), with a JSON error naming the revision;
+* a body over ``max_body_bytes`` is refused with 413 before it is read (by its
+  Content-Length, or as soon as a chunked body passes the limit), and a method a
+  path does not take gets 405 with ``Allow``;
 * ``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text) count requests,
   errors and upstream latency per revision, ``GET /healthz`` says whether a
   champion is routed.
@@ -39,12 +48,18 @@ import uvicorn
 import yarl
 
 from serving.deployment_state import DeploymentState, Revision
+from serving.revision_health import RevisionHealth
 
 CHAMPION = "champion"
 CANARY = "canary"
 REVISION_HEADER = "x-taxi-revision"
 VERSION_HEADER = "x-model-version"
 PROXIED_PREFIXES = ("/v1/", "/v2/")
+#: Predict / explain / infer paths (by suffix) take POST only; every other path GET or HEAD.
+POST_ONLY_SUFFIXES = (":predict", ":explain", "/infer")
+READ_METHODS = ("GET", "HEAD")
+#: The predictor refuses batches over 10,000 trips; 10,000 v1 instances with long keys are ~1.5 MB.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -120,6 +135,7 @@ class RevisionCounters:
         self.requests = 0
         self.errors = 0  # upstream 5xx, unreachable or timed out
         self.client_errors = 0  # upstream 4xx, passed through
+        self.failovers = 0  # requests it could not take that the other revision answered
         self.latencies_ms: deque[float] = deque(maxlen=window)
         self.latency_sum_ms = 0.0
 
@@ -160,8 +176,14 @@ class TrafficSplitter:
         upstream_timeout: float = 30.0,
         latency_window: int = 2048,
         max_connections_per_upstream: int = 64,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        health: RevisionHealth | None = None,
     ) -> None:
         self._routes = routes or RoutingTable()
+        self._max_body_bytes = max_body_bytes
+        self._health = health or RevisionHealth()
+        self._health_table: RoutingTable | None = None  # the table whose URLs _health tracks
+        self._fresh_session: aiohttp.ClientSession | None = None
         self._rng = random.Random(seed)
         self._timeout = aiohttp.ClientTimeout(total=upstream_timeout)
         self._window = latency_window
@@ -198,6 +220,10 @@ class TrafficSplitter:
         """The ``/status`` document: routes, percentages, per-revision counters, supervisor report."""
         table = self._routes
         routed = {(route.role, route.revision.model_version) for route in table.routes()}
+        healthy = {
+            (route.role, route.revision.model_version): self._health.is_healthy(route.url)
+            for route in table.routes()
+        }
         return {
             "generation": table.generation,
             "canary_percent": table.canary_percent if table.canary else 0,
@@ -209,9 +235,12 @@ class TrafficSplitter:
                     "revision": role,
                     "model_version": version,
                     "routed": (role, version) in routed,
+                    # Routed but unreachable: its share goes to the other revision until it is ready.
+                    "healthy": healthy.get((role, version), False),
                     "requests": counters.requests,
                     "errors": counters.errors,
                     "client_errors": counters.client_errors,
+                    "failovers": counters.failovers,
                     "latency_ms": counters.quantiles(),
                 }
                 for (role, version), counters in self._counters.items()
@@ -230,6 +259,7 @@ class TrafficSplitter:
             "sha256": route.revision.sha256,
             "url": route.url,
             "in_flight": self.in_flight(route.url),
+            **self._health.of(route.url).report(),
         }
 
     def metrics_text(self) -> str:
@@ -256,6 +286,20 @@ class TrafficSplitter:
             lines.append(
                 f"taxi_splitter_client_errors_total{{{_labels(role, version)}}} {counters.client_errors}"
             )
+        lines += [
+            "# HELP taxi_splitter_failovers_total Requests a revision could not take, answered by the other.",
+            "# TYPE taxi_splitter_failovers_total counter",
+        ]
+        for (role, version), counters in items:
+            lines.append(f"taxi_splitter_failovers_total{{{_labels(role, version)}}} {counters.failovers}")
+        lines += [
+            "# HELP taxi_splitter_revision_healthy 1 when a routed revision's predictor is reachable.",
+            "# TYPE taxi_splitter_revision_healthy gauge",
+        ]
+        for route in table.routes():
+            healthy = 1 if self._health.is_healthy(route.url) else 0
+            labels = _labels(route.role, route.revision.model_version)
+            lines.append(f"taxi_splitter_revision_healthy{{{labels}}} {healthy}")
         lines += [
             "# HELP taxi_splitter_upstream_latency_ms Upstream round trip; quantiles over the recent window.",
             "# TYPE taxi_splitter_upstream_latency_ms summary",
@@ -293,7 +337,16 @@ class TrafficSplitter:
         if kind != "http":
             return
         path: str = scope["path"]
-        if path.startswith(PROXIED_PREFIXES):
+        method: str = scope["method"]
+        allowed = _allowed_methods(path)
+        if allowed is not None and method not in allowed:
+            await _send_json(
+                send,
+                405,
+                {"error": f"{method} is not allowed on {path}; use {' or '.join(allowed)}"},
+                [(b"allow", ", ".join(allowed).encode())],
+            )
+        elif path.startswith(PROXIED_PREFIXES):
             await self._proxy(scope, receive, send)
         elif path == "/status":
             await _send_json(send, 200, self.status())
@@ -314,15 +367,19 @@ class TrafficSplitter:
                 self._session = self._new_session()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._session is not None:
-                    await self._session.close()
-                    self._session = None
+                await self._health.close()
+                for session in (self._session, self._fresh_session):
+                    if session is not None:
+                        await session.close()
+                self._session = self._fresh_session = None
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_session(self, fresh_connections: bool = False) -> aiohttp.ClientSession:
+        # The retry session opens a new connection every time (force_close); the main one keeps them.
+        keep_alive: dict[str, Any] = {"force_close": True} if fresh_connections else {"keepalive_timeout": 30}
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self._max_connections, keepalive_timeout=30, ttl_dns_cache=None
+            limit=0, limit_per_host=self._max_connections, ttl_dns_cache=None, **keep_alive
         )
         # No decompression and no invented Accept-Encoding/User-Agent: bytes go through as sent.
         return aiohttp.ClientSession(
@@ -333,63 +390,107 @@ class TrafficSplitter:
         )
 
     def _pick(self, table: RoutingTable) -> Route | None:
+        chosen = table.champion
         if table.canary is not None and self._rng.random() * 100 < table.canary_percent:
-            return table.canary
-        return table.champion
+            chosen = table.canary
+        if chosen is not None and not self._health.is_healthy(chosen.url):
+            other = _other(table, chosen)
+            if other is not None and self._health.is_healthy(other.url):
+                return other
+        return chosen
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         table = self._routes  # read once: this request sees one consistent table
+        if table is not self._health_table:
+            self._health.forget_except({route.url for route in table.routes()})
+            self._health_table = table
         route = self._pick(table)
         if route is None:
             self._unrouted += 1
             await _send_json(send, 503, {"error": "no champion revision is ready; nothing is deployed yet"})
             return
-        body = await _read_body(receive)
+        body = await _read_limited_body(scope, receive, self._max_body_bytes)
+        if body is None:
+            limit = self._max_body_bytes
+            message = f"request body is larger than the limit of {limit} bytes; send fewer trips per request"
+            await _send_json(send, 413, {"error": message})
+            return
         # The path exactly as the client sent it (encoded=True: no re-quoting on the way).
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        target = route.url + raw_path.decode("latin-1")
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
+            raw_path += "?" + scope["query_string"].decode("latin-1")
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]
             if name.decode("latin-1").lower() not in _DROP_FROM_REQUEST
         ]
+        request = _Forward(scope["method"], raw_path, headers, body)
+        failed: Route | None = None
+        outcome = await self._forward(route, request)
+        if outcome.unreachable:
+            other = _other(table, route)
+            if other is not None and self._health.is_healthy(other.url):
+                # The other revision serves the same contract: it answers this request instead.
+                self._counters_for(route).failovers += 1
+                failed, route = route, other
+                outcome = await self._forward(route, request)
         stamp = [
             (REVISION_HEADER.encode(), route.role.encode()),
             (VERSION_HEADER.encode(), route.revision.model_version.encode()),
         ]
+        self._counters_for(route).record(outcome.status, outcome.latency_ms)
+        if outcome.problem:
+            await _send_error(send, outcome.status, route, outcome.problem, stamp)
+            return
+        extra = [(b"x-taxi-failover-from", failed.role.encode())] if failed is not None else []
+        await _send(send, outcome.status, outcome.payload, None, [*outcome.headers, *stamp, *extra])
+
+    async def _forward(self, route: Route, request: _Forward) -> _Outcome:
+        """One request to one revision: on a pooled connection, once more on a fresh one if that was dead."""
         session = self._session or self._new_session_outside_lifespan()
-        counters = self._counters_for(route)
         self._in_flight[route.url] = self._in_flight.get(route.url, 0) + 1
         started = time.perf_counter()
         try:
-            async with session.request(
-                scope["method"],
-                yarl.URL(target, encoded=True),
-                data=body or None,
-                headers=headers,
-                allow_redirects=False,
-            ) as upstream:
-                payload = await upstream.read()
-                status = upstream.status
-                response_headers = [
-                    (name, value)
-                    for name, value in upstream.raw_headers
-                    if name.decode("latin-1").lower() not in _DROP_FROM_RESPONSE
-                ]
+            try:
+                return await self._send_upstream(session, route, request, started)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as stale:
+                if isinstance(stale, aiohttp.ClientConnectorError):
+                    raise  # refused: nothing listens there; a fresh connection would be refused too
+                # The pooled connection was closed under us (the predictor dropped a keep-alive
+                # connection, or died mid-request). Safe to send again: a prediction changes nothing.
+                fresh = self._fresh_session or self._new_fresh_session()
+                return await self._send_upstream(fresh, route, request, started)
         except TimeoutError:
-            counters.record(504, _ms_since(started))
-            await _send_error(send, 504, route, f"timed out after {self._timeout.total:g} s", stamp)
-            return
+            problem = f"timed out after {self._timeout.total:g} s"
+            return _Outcome(504, b"", [], _ms_since(started), problem)
         except aiohttp.ClientError as exc:
-            counters.record(502, _ms_since(started))
-            await _send_error(send, 502, route, f"unreachable ({exc.__class__.__name__}: {exc})", stamp)
-            return
+            problem = f"unreachable ({exc.__class__.__name__}: {exc})"
+            self._health.mark_down(route.url, problem, self._fresh_session or self._new_fresh_session())
+            return _Outcome(502, b"", [], _ms_since(started), problem, unreachable=True)
         finally:
             self._in_flight[route.url] -= 1
-        counters.record(status, _ms_since(started))
-        await _send(send, status, payload, None, [*response_headers, *stamp])
+
+    async def _send_upstream(
+        self, session: aiohttp.ClientSession, route: Route, request: _Forward, started: float
+    ) -> _Outcome:
+        async with session.request(
+            request.method,
+            yarl.URL(route.url + request.raw_path, encoded=True),
+            data=request.body or None,
+            headers=request.headers,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            response_headers = [
+                (name, value)
+                for name, value in upstream.raw_headers
+                if name.decode("latin-1").lower() not in _DROP_FROM_RESPONSE
+            ]
+            return _Outcome(upstream.status, payload, response_headers, _ms_since(started))
+
+    def _new_fresh_session(self) -> aiohttp.ClientSession:
+        self._fresh_session = self._new_session(fresh_connections=True)
+        return self._fresh_session
 
     def _new_session_outside_lifespan(self) -> aiohttp.ClientSession:
         # Servers run without lifespan events (e.g. some test harnesses) still get one pooled session.
@@ -404,6 +505,41 @@ class TrafficSplitter:
         return counters
 
 
+@dataclass(frozen=True)
+class _Forward:
+    """A request as the splitter forwards it (the same bytes to whichever revision takes it)."""
+
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one revision did with a request: its answer, or the problem (502/504) if it gave none."""
+
+    status: int
+    payload: bytes
+    headers: list[tuple[bytes, bytes]]
+    latency_ms: float
+    problem: str = ""
+    unreachable: bool = False  # nothing answered there: the other revision may take the request
+
+
+def _other(table: RoutingTable, route: Route) -> Route | None:
+    return table.canary if route is table.champion else table.champion
+
+
+def _allowed_methods(path: str) -> tuple[str, ...] | None:
+    """The methods a path takes; None for paths the splitter does not serve (they get 404)."""
+    if path.startswith(PROXIED_PREFIXES):
+        return ("POST",) if path.endswith(POST_ONLY_SUFFIXES) else READ_METHODS
+    if path in ("/status", "/metrics", "/healthz"):
+        return READ_METHODS
+    return None
+
+
 def _labels(role: str, version: str) -> str:
     escaped = version.replace("\\", "\\\\").replace('"', '\\"')
     return f'revision="{role}",model_version="{escaped}"'
@@ -413,13 +549,26 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_limited_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes (nothing more is read)."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            try:
+                if int(value) > limit:
+                    return None
+            except ValueError:
+                pass  # uvicorn refuses a malformed Content-Length before we get here
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)

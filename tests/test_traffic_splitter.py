@@ -71,6 +71,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.served = getattr(self, "served", 0) + 1  # requests on this connection
+        if self.path == "/v1/models/dropper:predict" and self.served > 1:
+            # What uvicorn did after a 500: the keep-alive connection is gone when it is reused.
+            self.close_connection = True
+            return
+        if self.path == "/v1/models/dropper:predict":
+            self.path = "/v1/models/duration:predict"
         if self.path == "/v1/models/boom:predict":
             return self.reply(500, {"error": "boom"})
         if self.path not in ("/v1/models/duration:predict", "/v2/models/duration/infer"):
@@ -146,6 +153,15 @@ def upstreams() -> Iterator[dict[str, str]]:
         for url in urls.values():
             wait_ready(url)
         yield urls
+
+
+@contextlib.contextmanager
+def fake_upstream(revision: Revision, port: int) -> Iterator[str]:
+    """One more fake predictor for ``revision`` on ``port``, ready; stopped on exit."""
+    url = f"http://127.0.0.1:{port}"
+    with running(fake_predictor_command(revision, port)):
+        wait_ready(url)
+        yield url
 
 
 def table(upstreams: dict[str, str], canary_percent: int, generation: int = 1) -> RoutingTable:
@@ -226,21 +242,62 @@ def test_upstream_4xx_passes_through_and_next_request_works(upstreams, splitter_
     assert (row["requests"], row["client_errors"], row["errors"]) == (5, 2, 1)
 
 
-def test_unreachable_revision_is_named_in_a_502(upstreams, splitter_server):
+def test_a_dead_revision_costs_no_request_its_share_goes_to_the_live_one(upstreams, splitter_server):
     dead = f"http://127.0.0.1:{free_port()}"
     splitter_server.splitter.apply_routes(
         RoutingTable(Route(CHAMPION, rev("1"), upstreams["1"]), Route(CANARY, rev("9"), dead), 100, 3)
     )
     with httpx.Client(base_url=splitter_server.url) as client:
+        first = client.post(PREDICT, json=TRIP)
+        # The first request finds the canary dead and is answered by the champion instead.
+        assert first.status_code == 200, first.text
+        assert first.headers["x-taxi-revision"] == CHAMPION
+        assert first.headers["x-taxi-failover-from"] == CANARY
+        # From then on the canary's 100% go straight to the champion while its probe fails.
+        later = [client.post(PREDICT, json=TRIP) for _ in range(20)]
+        assert {(r.status_code, r.headers["x-taxi-revision"]) for r in later} == {(200, CHAMPION)}
+        assert all("x-taxi-failover-from" not in r.headers for r in later)
+        status = client.get("/status").json()
+        metrics = client.get("/metrics").text
+    assert status[CANARY]["healthy"] is False
+    assert dead.rsplit(":", 1)[1] in status[CANARY]["last_error"]
+    assert status[CHAMPION]["healthy"] is True
+    (canary_row,) = [row for row in status["revisions"] if row["revision"] == CANARY]
+    assert (canary_row["routed"], canary_row["healthy"], canary_row["failovers"]) == (True, False, 1)
+    assert 'taxi_splitter_revision_healthy{revision="canary",model_version="9"} 0' in metrics
+    assert 'taxi_splitter_revision_healthy{revision="champion",model_version="1"} 1' in metrics
+    assert 'taxi_splitter_failovers_total{revision="canary",model_version="9"} 1' in metrics
+    assert "taxi_splitter_generation 3" in metrics
+
+
+def test_a_revision_is_routed_again_once_its_probe_passes(upstreams, splitter_server):
+    port = free_port()
+    revived = f"http://127.0.0.1:{port}"
+    splitter_server.splitter.apply_routes(
+        RoutingTable(Route(CHAMPION, rev("1"), upstreams["1"]), Route(CANARY, rev("9"), revived), 100, 4)
+    )
+    with httpx.Client(base_url=splitter_server.url) as client:
+        assert client.post(PREDICT, json=TRIP).headers["x-taxi-revision"] == CHAMPION
+        with fake_upstream(rev("9"), port):
+            deadline = time.monotonic() + 10
+            while client.get("/status").json()[CANARY]["healthy"] is False:
+                assert time.monotonic() < deadline, "the probe never saw the canary come back"
+                time.sleep(0.05)
+            assert client.post(PREDICT, json=TRIP).headers["x-taxi-revision"] == CANARY
+
+
+def test_with_no_live_revision_the_502_names_the_one_tried(splitter_server):
+    dead = f"http://127.0.0.1:{free_port()}"
+    splitter_server.splitter.apply_routes(RoutingTable(Route(CHAMPION, rev("7"), dead), None, 0, 3))
+    with httpx.Client(base_url=splitter_server.url) as client:
         response = client.post(PREDICT, json=TRIP)
         assert response.status_code == 502
         error = response.json()
-        assert error["revision"] == CANARY and error["model_version"] == "9"
-        assert "canary revision (model version 9)" in error["error"] and dead in error["error"]
-        assert response.headers["x-taxi-revision"] == CANARY
+        assert error["revision"] == CHAMPION and error["model_version"] == "7"
+        assert "champion revision (model version 7)" in error["error"] and dead in error["error"]
+        assert response.headers["x-taxi-revision"] == CHAMPION
         metrics = client.get("/metrics").text
-    assert 'taxi_splitter_errors_total{revision="canary",model_version="9"} 1' in metrics
-    assert "taxi_splitter_generation 3" in metrics
+    assert 'taxi_splitter_errors_total{revision="champion",model_version="7"} 1' in metrics
 
 
 def test_no_champion_means_503_and_unhealthy(splitter_server):
@@ -274,3 +331,83 @@ def test_status_json_is_plain_json(upstreams, splitter_server):
     document = json.loads(httpx.get(splitter_server.url + "/status").text)
     assert document["champion"]["url"] == upstreams["1"]
     assert document["canary"]["in_flight"] == 0
+
+
+def test_a_keep_alive_connection_the_predictor_dropped_is_retried_on_a_fresh_one(upstreams, splitter_server):
+    splitter_server.splitter.apply_routes(table(upstreams, canary_percent=0))
+    with httpx.Client(base_url=splitter_server.url) as client:
+        answers = [client.post("/v1/models/dropper:predict", json=TRIP) for _ in range(30)]
+        status = client.get("/status").json()
+    # Every request after the first on a pooled connection is dropped unanswered upstream.
+    assert [a.status_code for a in answers] == [200] * 30
+    (row,) = [row for row in status["revisions"] if row["revision"] == CHAMPION]
+    assert (row["requests"], row["errors"]) == (30, 0)
+    assert status[CHAMPION]["healthy"] is True  # a dropped connection is not a dead predictor
+
+
+def _raw_exchange(url: str, head: bytes, body_parts: Sequence[bytes]) -> bytes:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # refused early: the splitter stopped reading
+        sock.settimeout(10)
+        return sock.recv(65536)
+
+
+@pytest.fixture
+def small_limit_server(upstreams) -> Iterator[SplitterServer]:
+    server = SplitterServer(TrafficSplitter(table(upstreams, canary_percent=0), max_body_bytes=1000), port=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(small_limit_server):
+    # Announced as 20 MB, of which only 2 KB are ever sent: the answer cannot wait for the rest.
+    head = (
+        f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 20000000\r\n\r\n"
+    ).encode()
+    answer = _raw_exchange(small_limit_server.url, head, [b"x" * 2048])
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"larger than the limit of 1000 bytes" in answer
+    with httpx.Client(base_url=small_limit_server.url) as client:
+        assert client.post(PREDICT, json=TRIP).status_code == 200  # and it keeps serving
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(small_limit_server):
+    head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"  # 1 KB chunks, never terminated
+    answer = _raw_exchange(small_limit_server.url, head, [chunk, chunk])
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    with httpx.Client(base_url=small_limit_server.url) as client:
+        small = {"instances": [TRIP["instances"][0]] * 3}
+        assert client.post(PREDICT, json=small).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", PREDICT, "POST"),
+        ("PUT", "/v2/models/duration/infer", "POST"),
+        ("DELETE", "/v2/models/duration", "GET, HEAD"),
+        ("POST", "/status", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+    ],
+)
+def test_a_method_a_path_does_not_take_is_405(upstreams, splitter_server, method: str, path: str, allow: str):
+    splitter_server.splitter.apply_routes(table(upstreams, canary_percent=0))
+    with httpx.Client(base_url=splitter_server.url) as client:
+        response = client.request(method, path)
+        assert response.status_code == 405
+        assert response.headers["allow"] == allow
+        assert list(response.json()) == ["error"] and method in response.json()["error"]
+        assert client.post(PREDICT, json=TRIP).status_code == 200
+        rows = client.get("/status").json()["revisions"]
+    assert sum(row["requests"] for row in rows) == 1  # nothing was forwarded
