@@ -197,12 +197,17 @@ class FakeKube:
                 "message": failed,
             }
         )
+        # KServe v0.19.0 with disableIstioVirtualHost (up.sh, for Kourier): status.url is the
+        # predictor's Knative URL, <isvc>-predictor.<namespace>.<config-domain domain>
+        # (tests/test_cluster_upstream_rules.py).
+        predictor_url = f"http://{name}-predictor.taxi-mlops.example.com"
         obj["status"] = {
             "observedGeneration": obj["metadata"]["generation"],
-            "url": f"http://{name}.taxi-mlops.example.com",
+            "url": predictor_url,
             "conditions": [ready],
             "components": {
                 "predictor": {
+                    "url": predictor_url,
                     "latestCreatedRevision": ctl["latest"],
                     "latestReadyRevision": ctl["ready"],
                     "latestRolledoutRevision": ctl["out"],
@@ -406,7 +411,7 @@ def test_canary_promote_rollback_move_the_isvc_and_aliases_together(fake_kube, t
     assert report.state.describe().startswith("champion version 2 (100%)")
     assert report.lines(target.ref) == [
         f"desired: {report.state.describe()}",
-        "InferenceService taxi-mlops/taxi-duration: Ready=True; http://taxi-duration.taxi-mlops.example.com",
+        "InferenceService taxi-mlops/taxi-duration: Ready=True; http://taxi-duration-predictor.taxi-mlops.example.com",
         "  taxi-duration-predictor-00003: 0% (latest)",
         "  taxi-duration-predictor-00002: 100% (rolled out tag prev)",
     ]

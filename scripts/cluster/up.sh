@@ -119,12 +119,23 @@ install_knative() {
     services.serving.knative.dev configurations.serving.knative.dev revisions.serving.knative.dev
   retry 10 10 kubectl apply -f "${KNATIVE_URL}/serving-core.yaml"
   retry 10 10 kubectl apply -f "${KOURIER_URL}"
-  kubectl patch configmap/config-network -n knative-serving --type merge \
+  # Knative's config webhook (failurePolicy Fail) validates these ConfigMaps and starts with
+  # serving-core, so the first patches can meet "connection refused": retry them like the applies.
+  retry 10 10 kubectl patch configmap/config-network -n knative-serving --type merge \
     -p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
   # Knative resolves image tags to digests by asking the registry; kind.local images exist only on
   # the node, so they must stay on the skip list (the default list has them; make sure it still does).
-  kubectl patch configmap/config-deployment -n knative-serving --type merge \
+  retry 10 10 kubectl patch configmap/config-deployment -n knative-serving --type merge \
     -p '{"data":{"registries-skipping-tag-resolving":"kind.local,ko.local,dev.local"}}'
+  # A default route domain. With none, Knative gives every route the domain svc.cluster.local,
+  # which makes it cluster-local (pkg/reconciler/route/config/domain.go, visibility.go), and
+  # Kourier serves cluster-local routes only on its internal listener, not on the external one our
+  # kind NodePort targets: curl through localhost:8180 would answer 404. KServe's own installer
+  # sets the same entry. Hosts become <ksvc>.<namespace>.example.com, e.g.
+  # taxi-duration-predictor.taxi-mlops.example.com (README "Run on kind"); a merge patch, so
+  # re-running changes nothing. Set before KServe and our manifests, which create the routes.
+  retry 10 10 kubectl patch configmap/config-domain -n knative-serving --type merge \
+    -p '{"data":{"example.com":""}}'
   wait_deployments knative-serving
   wait_deployments kourier-system
 }
@@ -213,7 +224,7 @@ summary() {
   cat <<EOF
     KFP UI          http://localhost:8880
     MinIO console   http://localhost:9001   (user/password: ${SECRET_ENV#"${REPO_ROOT}"/})
-    Inference       http://localhost:8180   (Kourier; send the predictor's Host header)
+    Inference       http://localhost:8180   (Kourier; Host: taxi-duration-predictor.taxi-mlops.example.com)
     MLflow + S3 API make port-forward       (http://localhost:5000, http://localhost:9000)
     Next            make submit SUBMIT_ARGS="--experiment taxi-trip-duration"
 EOF
