@@ -25,14 +25,13 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 from prometheus_client import Counter, Gauge, Histogram
 
+from components.features.trip_domain import MAX_LOCATION_ID, MIN_LOCATION_ID
 from components.models.duration_model import TripDurationModel
 from components.names import SERVED_MODEL_NAME
 from serving.model_source import ModelRecord, load_model
 from serving.pair_lookup import PairLookup, PairLookupError
 from serving.trip_request import (
     DEFAULT_LIMITS,
-    MAX_LOCATION_ID,
-    MIN_LOCATION_ID,
     RequestLimits,
     TripBatch,
     TripRequestError,

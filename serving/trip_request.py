@@ -36,14 +36,9 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from components.errors import TaxiMlopsError
+from components.features.trip_domain import MAX_LOCATION_ID, MAX_TRIP_DISTANCE_MILES, MIN_LOCATION_ID
 from components.features.trip_features import FEATURE_FIELDS
 
-#: TLC taxi zones are numbered 1..265 (264 and 265 are "Unknown"/"Outside of NYC"),
-#: the range the real 2021 green files hold.
-MIN_LOCATION_ID: Final = 1
-MAX_LOCATION_ID: Final = 265
-#: Longer than any taxi trip within reach of NYC; larger values are meter glitches.
-MAX_TRIP_DISTANCE_MILES: Final = 500.0
 DEFAULT_MAX_BATCH_ROWS: Final = 10_000
 
 _LOCATION_FIELDS: Final = ("PULocationID", "DOLocationID")
