@@ -76,6 +76,11 @@ class DeploymentState:
     canary_percent: int = 0
     generation: int = 0
     updated_at: str = ""
+    # The version promote or rollback last took out of the canary role: the ``challenger`` alias
+    # must not stay on it. Recorded in the state (not inferred) because a registered winner that
+    # waits for its canary also holds ``challenger`` without being in the state, and only the
+    # retired one may lose it when aliases are reconciled after a command was killed.
+    retired_canary: str | None = None
 
     def __post_init__(self) -> None:
         _check_percent(self.canary_percent)
@@ -110,6 +115,7 @@ class DeploymentState:
             "canary_percent": self.canary_percent,
             "generation": self.generation,
             "updated_at": self.updated_at,
+            "retired_canary": self.retired_canary,
         }
 
     @classmethod
@@ -131,6 +137,8 @@ class DeploymentState:
             canary_percent=percent,
             generation=generation,
             updated_at=str(data.get("updated_at", "")),
+            # Optional: files written before the field existed have no retired canary.
+            retired_canary=_optional_version(data.get("retired_canary")),
         )
 
 
@@ -158,7 +166,7 @@ def deploy(
     _check_percent(canary_percent)
     champion, canary = state.champion, state.canary
     if champion is None:
-        new = _changed(state, now, champion=revision, canary=None, canary_percent=0)
+        new = _changed(state, now, champion=revision, canary=None, canary_percent=0, retired_canary=None)
         return Transition(
             new, f"first deployment: {revision.describe()} is champion with 100% of traffic", True
         )
@@ -177,7 +185,7 @@ def deploy(
             f"canary {revision.describe()}: {state.canary_percent}% -> {canary_percent}% of traffic",
             True,
         )
-    new = _changed(state, now, canary=revision, canary_percent=canary_percent)
+    new = _changed(state, now, canary=revision, canary_percent=canary_percent, retired_canary=None)
     replaced = f" (replacing canary {canary.describe()})" if canary is not None else ""
     return Transition(
         new,
@@ -194,7 +202,14 @@ def promote(state: DeploymentState, *, now: datetime | None = None) -> Transitio
         return Transition(
             state, f"no canary to promote; champion {champion.describe()} keeps 100% of traffic", False
         )
-    new = _changed(state, now, champion=state.canary, canary=None, canary_percent=0)
+    new = _changed(
+        state,
+        now,
+        champion=state.canary,
+        canary=None,
+        canary_percent=0,
+        retired_canary=state.canary.model_version,
+    )
     return Transition(
         new,
         f"promoted {state.canary.describe()} to champion with 100% of traffic "
@@ -210,7 +225,7 @@ def rollback(state: DeploymentState, *, now: datetime | None = None) -> Transiti
         return Transition(
             state, f"no canary to roll back; champion {champion.describe()} keeps 100% of traffic", False
         )
-    new = _changed(state, now, canary=None, canary_percent=0)
+    new = _changed(state, now, canary=None, canary_percent=0, retired_canary=state.canary.model_version)
     return Transition(
         new,
         f"rolled back canary {state.canary.describe()} (had {state.canary_percent}%); "
@@ -262,6 +277,14 @@ def _check_same_revision(current: Revision, requested: Revision, role: str) -> N
         )
 
 
+def _optional_version(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
+        raise DeploymentStateError(f"retired_canary must be a version number or null, got {value!r}")
+    return str(value)
+
+
 def _revision_from(data: Any) -> Revision | None:
     if data is None:
         return None
@@ -276,22 +299,50 @@ def _revision_from(data: Any) -> Revision | None:
 
 
 def load_state(path: str | os.PathLike[str]) -> DeploymentState:
-    """Read the state file; a missing file means nothing was ever deployed (generation 0)."""
+    """Read the state file; a missing file means nothing was ever deployed (generation 0).
+
+    Whatever is wrong with an existing file (unreadable, not UTF-8, truncated or
+    invalid JSON, a document that breaks a rule) is one ``DeploymentStateError``
+    naming the file and the problem: every command that reads it reports that
+    line, and a running supervisor keeps its last good routing.
+    """
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        raw = source.read_bytes()
     except FileNotFoundError:
         return DeploymentState()
     except OSError as exc:
         raise DeploymentStateError(f"{source}: cannot read deployment state ({exc.strerror})") from exc
     try:
-        return DeploymentState.from_dict(json.loads(text))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeploymentStateError(
+            f"{source}: deployment state is not UTF-8 text (byte {exc.start} of {len(raw)}); "
+            "the file is corrupt"
+        ) from None
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DeploymentStateError(f"{source}: deployment state is not valid JSON ({exc})") from exc
+        raise DeploymentStateError(f"{source}: deployment state {_json_problem(text)} ({exc})") from None
+    except RecursionError:
+        raise DeploymentStateError(f"{source}: deployment state is nested too deeply to be one") from None
+    try:
+        return DeploymentState.from_dict(document)
     except DeploymentStateError as exc:
-        raise DeploymentStateError(f"{source}: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DeploymentStateError(f"{source}: deployment state is malformed ({exc!r})") from exc
+        raise DeploymentStateError(f"{source}: {exc}") from None
+    except KeyError as exc:
+        raise DeploymentStateError(f"{source}: deployment state is malformed (no field {exc})") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DeploymentStateError(f"{source}: deployment state is malformed ({exc})") from None
+
+
+def _json_problem(text: str) -> str:
+    """What kind of broken: every file this module writes is one JSON object ending in ``}``."""
+    if not text.strip():
+        return "is empty"
+    if not text.rstrip().endswith("}"):
+        return "is not valid JSON and looks truncated (it ends before its closing brace)"
+    return "is not valid JSON"
 
 
 def save_state(path: str | os.PathLike[str], state: DeploymentState) -> None:
@@ -300,19 +351,36 @@ def save_state(path: str | os.PathLike[str], state: DeploymentState) -> None:
         _write_unlocked(Path(path), state)
 
 
-def update_state(path: str | os.PathLike[str], change: Callable[[DeploymentState], Transition]) -> Transition:
+def update_state(
+    path: str | os.PathLike[str],
+    change: Callable[[DeploymentState], Transition],
+    then: Callable[[DeploymentState], None] | None = None,
+) -> Transition:
     """Load, apply ``change`` (e.g. ``lambda s: promote(s)``) and save - all under one lock.
 
     This is what CLI commands use: a concurrent command waits for this one and
     then sees its result, so no change is lost. Nothing is written when the
-    transition changed nothing.
+    transition changed nothing. ``then`` runs with the resulting state while the
+    lock is still held (the rollout moves the registry aliases there), so no other
+    command can change the state between the write and what follows it.
     """
     target = Path(path)
     with state_lock(target):
         result = change(load_state(target))
         if result.changed:
             _write_unlocked(target, result.state)
+        if then is not None:
+            then(result.state)
         return result
+
+
+def with_state(path: str | os.PathLike[str], action: Callable[[DeploymentState], None]) -> DeploymentState:
+    """Run ``action`` on the current state under the state lock (a reconcile that must not race a change)."""
+    target = Path(path)
+    with state_lock(target):
+        state = load_state(target)
+        action(state)
+        return state
 
 
 @contextlib.contextmanager

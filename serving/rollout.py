@@ -3,14 +3,19 @@
 Each action changes two records together: the deployment state (which
 revision serves how much traffic; ``serving.deployment_state``) and the MLflow
 aliases (``champion`` serves production, ``challenger`` is the canary). The
-state file changes first, under its lock; the aliases then follow it, so the
-registry always names what is actually being served. Every action is
-idempotent: repeating it changes nothing and says so.
+state file changes first and the aliases follow it, both under the state file's
+lock: with the aliases written after the lock was released, a ``promote`` could
+slip in between a ``deploy``'s state write and its alias write, and the deploy
+then set ``challenger`` on a version that was already champion (seen: 4 of 10
+races). Every action is idempotent: repeating it changes nothing and says so.
+The alias step reconciles from the state (``aliases_follow_state``), so it also
+repairs aliases that a command killed between its two writes left behind.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +24,17 @@ from components.models.duration_model import MODEL_FILE_NAME
 from components.registry.tracking import client_for
 from components.registry.versions import SHA256_TAG, fetch_model_file
 from components.storage.checksums import file_sha256
-from serving.deployment_state import Revision, Transition, promote, rollback, update_state
+from serving.deployment_state import (
+    DeploymentState,
+    Revision,
+    Transition,
+    promote,
+    rollback,
+    update_state,
+    with_state,
+)
 from serving.deployment_state import deploy as deploy_transition
-from serving.registry_aliases import aliases_after_deploy, aliases_follow_champion
+from serving.registry_aliases import aliases_follow_state
 
 
 class UnknownVersionError(TaxiMlopsError, ValueError):
@@ -41,25 +54,46 @@ class RolloutTarget:
 def deploy_version(target: RolloutTarget, version: str, canary_percent: int) -> Transition:
     """Deploy registered ``version``: the first deployment becomes champion, later ones a canary."""
     revision = _stage_revision(target, str(version))
-    transition = update_state(
-        target.state_path, lambda state: deploy_transition(state, revision, canary_percent)
+    return update_state(
+        target.state_path,
+        lambda state: deploy_transition(state, revision, canary_percent),
+        then=_aliases_follow(target),
     )
-    aliases_after_deploy(target.tracking_uri, target.model_name, transition.state, revision.model_version)
-    return transition
 
 
 def promote_canary(target: RolloutTarget) -> Transition:
     """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared."""
-    transition = update_state(target.state_path, promote)
-    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
-    return transition
+    return update_state(target.state_path, promote, then=_aliases_follow(target))
 
 
 def rollback_canary(target: RolloutTarget) -> Transition:
     """The canary gets no traffic; ``champion`` stays where it is and ``challenger`` is cleared."""
-    transition = update_state(target.state_path, rollback)
-    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
-    return transition
+    return update_state(target.state_path, rollback, then=_aliases_follow(target))
+
+
+def reconcile_aliases(target: RolloutTarget) -> list[str]:
+    """Bring the aliases in line with the state file (under its lock); one sentence per moved alias.
+
+    ``status`` and ``serve`` call this first: a rollout killed between its state
+    write and its alias writes is finished here. Raises ``DeploymentStateError``
+    when the state file cannot be read (nothing is touched then).
+    """
+    moved: list[str] = []
+    with_state(target.state_path, lambda state: moved.extend(_follow(target, state)))
+    return moved
+
+
+def _aliases_follow(target: RolloutTarget) -> Callable[[DeploymentState], None]:
+    """The ``then`` of a rollout's ``update_state``: runs while the state lock is held."""
+
+    def follow(state: DeploymentState) -> None:
+        _follow(target, state)
+
+    return follow
+
+
+def _follow(target: RolloutTarget, state: DeploymentState) -> list[str]:
+    return aliases_follow_state(target.tracking_uri, target.model_name, state)
 
 
 def _stage_revision(target: RolloutTarget, version: str) -> Revision:
