@@ -385,8 +385,25 @@ def _rollout_verb(
         return
     from serving import rollout
 
+    if verb == "deploy_version":
+        _recover_killed_runs(settings)  # a version a killed run left pending is removed first
     local_action = getattr(rollout, verb)
     _run_rollout(lambda: local_action(_rollout_target(settings), *verb_args))
+
+
+def _recover_killed_runs(settings: Settings) -> None:
+    """What a SIGKILLed run left (pending version, RUNNING run): repaired, one line each."""
+    from pipelines.local_run import recover_killed_runs
+
+    recover_killed_runs(settings, progress=click.echo)
+
+
+def _reconcile_aliases(settings: Settings) -> None:
+    """Aliases back in step with the state file (a rollout killed between its two writes)."""
+    from serving.rollout import reconcile_aliases
+
+    for moved in reconcile_aliases(_rollout_target(settings)):
+        click.echo(f"reconciled: {moved} (as the deployment state says)")
 
 
 @main.command()
@@ -402,9 +419,6 @@ def status(
     timeout: float,
 ) -> None:
     """Show the deployed revisions, their traffic share and, if `serve` runs, live per-revision figures."""
-    import urllib.error
-    import urllib.request
-
     from serving.deployment_state import load_state
 
     settings = Settings.from_env(state_dir=state_dir)
@@ -415,17 +429,46 @@ def status(
         for line in cluster_rollout.status(target).lines(target.ref):
             click.echo(line)
         return
-    state = load_state(settings.deployment_state_path)
+    from serving.deployment_state import DeploymentStateError
+
+    _recover_killed_runs(settings)
+    try:
+        state = load_state(settings.deployment_state_path)
+    except DeploymentStateError as problem:
+        # What the running stack still serves is worth showing; the problem is the one error line.
+        click.echo("desired: unknown, the deployment state file cannot be read (see the error below)")
+        _show_live(url)
+        raise problem from None
+    from components.registry.leftovers import registry_exists
+
+    if registry_exists(settings.tracking_uri):
+        _reconcile_aliases(settings)
     click.echo(f"desired: {state.describe()}")
+    _show_live(url)
+
+
+def _show_live(url: str) -> None:
+    """The running stack's own view: revisions and counters, and what its supervisor could not do."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=2) as response:
             live = json.load(response)
     except (urllib.error.URLError, OSError, ValueError):
         click.echo(f"live: the local stack is not answering at {url} (start it with `taxi-mlops serve`)")
         return
-    click.echo(f"live ({url}):")
+    click.echo(f"live ({url}): routing generation {live.get('generation')}")
     for revision in live.get("revisions", []):
         click.echo("  " + json.dumps(revision, sort_keys=True))
+    supervisor = live.get("supervisor") or {}
+    if supervisor.get("state_error"):
+        click.echo(
+            f"  supervisor: keeps the last good routing (generation {supervisor.get('routed_generation')}); "
+            f"it cannot read the deployment state: {supervisor['state_error']}"
+        )
+    elif supervisor and not supervisor.get("ok", True):
+        click.echo(f"  supervisor: NOT applied: {supervisor.get('message')}")
 
 
 @main.command()
@@ -440,11 +483,15 @@ def serve(host: str, port: int, state_dir: Path | None) -> None:
     from serving.rollout import deploy_version
 
     settings = Settings.from_env(state_dir=state_dir)
+    # A state file it cannot read stops `serve` here with one error line (a running one keeps
+    # its last good routing instead and reports the problem in /status).
     if load_state(settings.deployment_state_path).champion is None:
         champion = version_for_alias(settings.tracking_uri, settings.model_name, CHAMPION)
         if champion is None:
             raise TaxiMlopsError("nothing to serve yet: run `taxi-mlops run` first")
         click.echo(deploy_version(_rollout_target(settings), str(champion.version), 0).message)
+    else:
+        _reconcile_aliases(settings)
     base = f"http://{host}:{port}"
     click.echo(
         "try:\n"

@@ -176,6 +176,29 @@ def prepare_state_dir(settings: Settings) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
+def recover_killed_runs(settings: Settings, progress: Callable[[str], None] = print) -> list[str]:
+    """Repair what a SIGKILLed run left in the local registry; one progress line per repair.
+
+    ``run``, ``deploy`` and ``status`` call this first: a version still marked
+    pending whose registering process is gone is removed, and a RUNNING parent
+    run whose ``taxi-mlops run`` process is gone is closed FAILED
+    (``components.registry.recovery``). A sqlite registry that does not exist yet
+    has nothing to repair, and is not created here; a quick read-only look
+    (``maybe_left_behind``) spares the MLflow import when nothing was left.
+    """
+    from components.registry.leftovers import maybe_left_behind
+
+    if not maybe_left_behind(settings.tracking_uri):
+        return []
+    from components.registry.recovery import close_dead_runs, recover_registrations
+
+    repairs = recover_registrations(settings.tracking_uri, settings.model_name)
+    repairs += close_dead_runs(settings.tracking_uri, settings.experiment)
+    for repair in repairs:
+        progress(f"recovered: {repair}")
+    return repairs
+
+
 def import_tracking_in_background(tracking_uri: str) -> threading.Thread:
     """Import MLflow (and, for a sqlite URI, its SQL store) in a thread while the pipeline runs.
 
@@ -275,6 +298,9 @@ def run_pipeline_locally(
     from pipelines.training_pipeline import training_pipeline
 
     prepare_state_dir(settings)
+    # Before this run opens its own: a run killed earlier must not stay RUNNING, and its
+    # half-registered version must not become the champion this run's gate compares against.
+    recover_killed_runs(settings, progress)
     tracking_imports = import_tracking_in_background(settings.tracking_uri)
     # The candidates train in parallel subprocesses (they inherit this environment), each
     # with its own OpenMP pool. OpenMP's default wait policy spins at every barrier, so two

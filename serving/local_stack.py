@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,9 @@ class ReconcileReport:
     started: tuple[str, ...] = ()
     stopped: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
+    # Why the state file could not be read (names the file); "" when it could. Kept apart from
+    # ``message`` so `taxi-mlops status` can tell a broken state file from a failed predictor.
+    state_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +120,7 @@ class ReconcileReport:
             "started": list(self.started),
             "stopped": list(self.stopped),
             "failed": list(self.failed),
+            "state_error": self.state_error,
         }
 
 
@@ -351,9 +355,10 @@ class LocalStack:
         try:
             desired = load_state(self.state_path)
         except TaxiMlopsError as exc:
-            return self._failure(
+            report = self._failure(
                 -1, f"cannot read the deployment state, keeping the current routes: {exc}", ()
             )
+            return replace(report, state_error=str(exc))
         wanted = [r for r in (desired.champion, desired.canary) if r is not None]
         for revision, process in list(self._processes.items()):
             if not process.alive():

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from components.errors import TaxiMlopsError
 from components.models.duration_model import MODEL_FILE_NAME
+from components.registry.recovery import pending_owner
 from components.registry.tracking import client_for
-from components.registry.versions import SHA256_TAG, fetch_model_file
+from components.registry.versions import PENDING, PENDING_TAG, SHA256_TAG, fetch_model_file, is_pending
 from components.storage.checksums import file_sha256
 from serving.deployment_state import (
     DeploymentState,
@@ -39,6 +40,10 @@ from serving.registry_aliases import aliases_follow_state
 
 class UnknownVersionError(TaxiMlopsError, ValueError):
     """The registry has no such version of the model."""
+
+
+class PendingVersionError(TaxiMlopsError):
+    """The version's registration has not finished; it cannot be deployed."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,13 @@ def _stage_revision(target: RolloutTarget, version: str) -> Revision:
         model_version = client.get_model_version(target.model_name, version)
     except MlflowException as exc:
         raise UnknownVersionError(f"model {target.model_name!r} has no version {version}") from exc
+    if is_pending(model_version):
+        owner = pending_owner(model_version)
+        raise PendingVersionError(
+            f"model {target.model_name!r} version {version} is still being registered "
+            f"({PENDING_TAG}={PENDING}, {owner.describe() if owner else 'owner unknown'}); "
+            "deploy it once its run has finished"
+        )
     folder = target.models_dir / f"v{version}"
     recorded = model_version.tags.get(SHA256_TAG, "")
     staged = folder / MODEL_FILE_NAME

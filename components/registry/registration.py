@@ -1,8 +1,12 @@
 """Register the gate's winner as an MLflow model version and give it its alias.
 
-All or nothing: if anything fails after the version was created (tagging,
-aliasing), the version is deleted again, so a failed run never leaves a
-half-registered model that a deployment could pick up.
+A version is created with the tag ``registration=pending`` and the owner
+process (``taxi_mlops.owner``) in the same database write; the alias follows,
+and clearing the pending tag is the last write. An error on the way deletes the
+version again. A SIGKILL runs no error handler, so that alone is not all or
+nothing: what a killed registration leaves is a version still marked pending,
+which ``components.registry.recovery`` removes once its owner is gone, and which
+no deployment takes (``serving.rollout`` refuses a pending version).
 
 In cluster mode (``model_store_uri`` set) the model file and its sha256 sidecar
 are uploaded to ``<model_store_uri>/<sha256>/`` and verified there before the
@@ -25,10 +29,13 @@ from components.features.trip_features import FEATURE_FIELDS
 from components.models.duration_model import MODEL_FILE_NAME, load_duration_model
 from components.registry.model_code import PYFUNC_ENTRY, stage_model_code
 from components.registry.model_store import upload_model_files
+from components.registry.process_owner import OWNER_TAG, process_owner
 from components.registry.tracking import client_for
 from components.registry.versions import (
     CHALLENGER,
     CHAMPION,
+    PENDING,
+    PENDING_TAG,
     PYFUNC_ARTIFACT_KEY,
     SHA256_TAG,
     STORAGE_URI_TAG,
@@ -122,12 +129,15 @@ def register_winner(
             input_example=example,
         )
     # register_model creates the registered model on first use and links the logged model.
-    tags = {SHA256_TAG: sha256, **version_tags}
+    tags = {SHA256_TAG: sha256, **version_tags, PENDING_TAG: PENDING, OWNER_TAG: process_owner().text()}
     if storage_uri is not None:
         tags[STORAGE_URI_TAG] = storage_uri
+    # The tags are written in the same transaction as the version row: no kill can leave
+    # a version without its pending mark.
     version = mlflow.register_model(info.model_uri, model_name, tags=tags)
     try:
         client.set_registered_model_alias(model_name, alias, version.version)
+        client.delete_model_version_tag(model_name, version.version, PENDING_TAG)  # the last write
     except BaseException:
         client.delete_model_version(model_name, version.version)
         raise

@@ -16,6 +16,8 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from components.registry.process_owner import OWNER_TAG
+
 PIPELINE_RUN_TAG = "taxi_mlops.pipeline_run"
 KFP_JOB_TAG = "taxi_mlops.kfp_job_id"
 CANDIDATE_TAG = "taxi_mlops.candidate"
@@ -46,8 +48,13 @@ def open_pipeline_run(
     kfp_job_id: str,
     params: Mapping[str, Any],
     artifact_location: str = "",
+    owner: str = "",
 ) -> str:
     """Start the parent run for one pipeline run and return its id (left RUNNING).
+
+    ``owner`` (``ProcessOwner.text()``) names the process whose death ends the run:
+    a RUNNING run whose owner is gone is closed FAILED by the next command
+    (``components.registry.recovery``). Empty: nobody can judge it, it is left alone.
 
     A missing experiment is created here, with ``artifact_location`` (empty: the
     tracking server's default), so the first task to touch a fresh tracking
@@ -59,11 +66,10 @@ def open_pipeline_run(
     """
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(tracking_uri, experiment, artifact_location or None)
-    run = client.create_run(
-        experiment_id,
-        run_name=run_name or None,
-        tags={PIPELINE_RUN_TAG: run_name or kfp_job_id, KFP_JOB_TAG: kfp_job_id},
-    )
+    tags = {PIPELINE_RUN_TAG: run_name or kfp_job_id, KFP_JOB_TAG: kfp_job_id}
+    if owner:
+        tags[OWNER_TAG] = owner
+    run = client.create_run(experiment_id, run_name=run_name or None, tags=tags)
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id

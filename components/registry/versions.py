@@ -21,6 +21,7 @@ from components.models.duration_model import (
     load_duration_model,
     verify_model_file,
 )
+from components.registry.leftovers import PENDING, PENDING_TAG
 from components.registry.tracking import client_for
 
 CHAMPION = "champion"
@@ -49,6 +50,11 @@ class RegisteredModelFile:
     def verify(self) -> None:
         """Raise ModelIntegrityError unless the file's sha256 is the recorded one (no parsing)."""
         verify_model_file(self.path, self.sha256)
+
+
+def is_pending(version: ModelVersion) -> bool:
+    """True while the version's registration has not finished (or died before it could)."""
+    return version.tags.get(PENDING_TAG) == PENDING
 
 
 def version_for_alias(tracking_uri: str, model_name: str, alias: str) -> ModelVersion | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from components.registry import tracking
+from components.registry.process_owner import process_owner
 from pipelines.steps.notes import log
 from pipelines.steps.task_process import task_step
 
@@ -19,8 +21,18 @@ def open_run_step(
     params: Mapping[str, Any],
     artifact_location: str = "",
 ) -> str:
+    # The run lives as long as the process that runs the pipeline: kfp.local starts each task
+    # as a child of the `taxi-mlops run` process (on a cluster: of the pod's launcher, on a
+    # host no local command judges). If it is SIGKILLed, the exit handler below never runs and
+    # the next command closes the run from this owner tag (components.registry.recovery).
     run_id = tracking.open_pipeline_run(
-        tracking_uri, experiment, run_name, kfp_job_id, params, artifact_location
+        tracking_uri,
+        experiment,
+        run_name,
+        kfp_job_id,
+        params,
+        artifact_location,
+        owner=process_owner(os.getppid()).text(),
     )
     log.info("MLflow pipeline run %s in experiment %r", run_id, experiment)
     return run_id
