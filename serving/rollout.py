@@ -29,6 +29,7 @@ from serving.deployment_state import (
     DeploymentState,
     Revision,
     Transition,
+    load_state,
     promote,
     rollback,
     update_state,
@@ -58,6 +59,8 @@ class RolloutTarget:
 
 def deploy_version(target: RolloutTarget, version: str, canary_percent: int) -> Transition:
     """Deploy registered ``version``: the first deployment becomes champion, later ones a canary."""
+    # A state file it could not update anyway stops the deploy before it downloads a model.
+    load_state(target.state_path)
     revision = _stage_revision(target, str(version))
     return update_state(
         target.state_path,

@@ -346,3 +346,50 @@ def test_real_predictors_canary_and_promote(model_revisions, state_path: Path):
         wait_routed(local.url, 3)
         assert hits(local.url, 40) == {("champion", "2"): 40}
         assert pids(local) == {"2": canary_pid}
+
+
+def test_corrupt_state_keeps_routing_and_is_reported(tmp_path: Path):
+    """A running stack keeps its last good routing on a corrupt state file and says why, in
+    /status and in `taxi-mlops status` (which then ends in one error: line, exit 1)."""
+    state_dir = tmp_path / "state"
+    state_file = state_dir / "deployment" / "state.json"
+    update_state(state_file, lambda s: deploy(s, rev("1"), 0))
+    local = LocalStack(
+        state_file, port=0, predictor_command=fake_predictor_command, ready_timeout=10, poll_interval=0.1
+    )
+    local.start()
+    try:
+        wait_routed(local.url, 1)
+        state_file.write_bytes(state_file.read_bytes()[:40])  # truncated mid-write by hand
+        report = wait_for(
+            lambda: status(local.url)["supervisor"].get("state_error"), 10, "the supervisor to see it"
+        )
+        assert str(state_file) in report and "truncated" in report
+        assert status(local.url)["generation"] == 1
+        assert hits(local.url, 20) == {("champion", "1"): 20}  # the last good routing serves on
+
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TAXI_MLOPS_STATE_DIR")
+        }
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("taxi-mlops")),
+                "status",
+                "--url",
+                local.url,
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "supervisor: keeps the last good routing (generation 1)" in result.stdout
+        assert str(state_file) in result.stdout
+        assert result.stderr.splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith(f"error: {state_file}: deployment state is not valid JSON")
+    finally:
+        local.stop()
