@@ -5,7 +5,11 @@ Real MLflow (sqlite in tmp) and real files; the CLI is driven through click's ru
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -145,3 +149,70 @@ def test_cli_commands_report_each_change(registry: Settings):
     assert "desired: champion version 2 (100%)" in result.output and "not answering" in result.output
     result = runner.invoke(main, ["deploy", "--version", "42", *args])
     assert result.exit_code == 1 and "no version 42" in result.output
+
+
+RACE_WORKER = textwrap.dedent(
+    """
+    import json, random, sys, time
+    from pathlib import Path
+    from components.registry.tracking import client_for
+    from serving.rollout import RolloutTarget, deploy_version, promote_canary
+
+    state_path, models_dir, tracking_uri, model_name, seed = sys.argv[1:]
+    target = RolloutTarget(Path(state_path), Path(models_dir), tracking_uri, model_name)
+    client_for(tracking_uri).get_registered_model(model_name)  # open the store before the race
+    jitter = random.Random(seed)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        verb, *args = line.split()
+        time.sleep(jitter.uniform(0, 0.02))
+        if verb == "deploy":
+            transition = deploy_version(target, args[0], 20)
+        else:
+            transition = promote_canary(target)
+        print(json.dumps(transition.message), flush=True)
+    """
+)
+
+
+def test_deploy_racing_promote_leaves_state_and_aliases_in_step(registry: Settings, tmp_path: Path):
+    """`deploy` and `promote` in two real processes, released together, 20 times: after each pair
+    the aliases name exactly what the state file serves (champion; challenger = canary or none)."""
+    target = RolloutTarget(tmp_path / "state.json", tmp_path / "models", registry.tracking_uri, MODEL_NAME)
+    deploy_version(target, "1", canary_percent=0)
+    deploy_version(target, "2", canary_percent=20)
+    rollback_canary(target)  # challenger cleared: the race starts from agreement
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_WORKER, str(target.state_path), str(target.models_dir),
+             registry.tracking_uri, MODEL_NAME, seed],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+        )
+        for seed in ("deployer", "promoter")
+    ]  # fmt: skip
+    try:
+        for worker in workers:
+            assert worker.stdout.readline().strip() == "ready"
+        agreed, orders = 0, set()
+        for _ in range(20):
+            state = load_state(target.state_path)
+            other = "2" if state.champion.model_version == "1" else "1"
+            workers[0].stdin.write(f"deploy {other}\n")
+            workers[1].stdin.write("promote\n")
+            for worker in workers:
+                worker.stdin.flush()
+            messages = [json.loads(worker.stdout.readline()) for worker in workers]
+            state = load_state(target.state_path)
+            orders.add("promoted" in messages[1])
+            canary = state.canary.model_version if state.canary else None
+            if (_alias(registry, "champion"), _alias(registry, "challenger")) == (
+                state.champion.model_version,
+                canary,
+            ):
+                agreed += 1
+        assert agreed == 20
+    finally:
+        for worker in workers:
+            worker.stdin.close()
+            worker.wait(30)
+    print(f"deploy || promote: {agreed}/20 in step; promote found a canary in some pairs: {orders}")
