@@ -39,7 +39,9 @@ def recover_registrations(tracking_uri: str, model_name: str) -> list[str]:
         owner = _dead_owner(version.tags.get(OWNER_TAG)) if is_pending(version) else None
         if owner is None:
             continue
-        aliases = ", ".join(version.aliases) or "no alias"
+        # A search leaves the aliases out; the version itself has them.
+        held = client.get_model_version(model_name, version.version).aliases
+        aliases = ", ".join(f"alias {alias}" for alias in held) or "no alias"
         client.delete_model_version(model_name, version.version)
         removed.append(
             f"removed {model_name} version {version.version}: its registration ({owner.describe()}, "
