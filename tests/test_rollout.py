@@ -29,8 +29,15 @@ from components.registry.registration import register_winner
 from components.registry.versions import version_for_alias
 from pipelines.cli import main
 from pipelines.settings import Settings
-from serving.deployment_state import load_state
-from serving.rollout import RolloutTarget, deploy_version, promote_canary, rollback_canary
+from serving.deployment_state import deploy, load_state, rollback, update_state
+from serving.rollout import (
+    RolloutTarget,
+    _stage_revision,
+    deploy_version,
+    promote_canary,
+    reconcile_aliases,
+    rollback_canary,
+)
 
 pytestmark = pytest.mark.timeout(300)
 MODEL_NAME = "taxi-trip-duration"
@@ -216,3 +223,22 @@ def test_deploy_racing_promote_leaves_state_and_aliases_in_step(registry: Settin
             worker.stdin.close()
             worker.wait(30)
     print(f"deploy || promote: {agreed}/20 in step; promote found a canary in some pairs: {orders}")
+
+
+def test_status_finishes_a_rollout_killed_between_its_state_and_alias_writes(
+    registry: Settings, tmp_path: Path
+):
+    """The state file is the source of truth: a deploy that wrote the state and died before the
+    alias is completed by the next reconcile, once; a rolled-back canary loses challenger."""
+    target = RolloutTarget(tmp_path / "state.json", tmp_path / "models", registry.tracking_uri, MODEL_NAME)
+    deploy_version(target, "1", canary_percent=0)
+    client = tracking.client_for(registry.tracking_uri)
+    if _alias(registry, "challenger") is not None:
+        client.delete_registered_model_alias(MODEL_NAME, "challenger")
+    revision = _stage_revision(target, "2")
+    update_state(target.state_path, lambda state: deploy(state, revision, 20))  # ... and killed here
+    assert reconcile_aliases(target) == ["alias challenger: none -> version 2"]
+    assert _alias(registry, "challenger") == "2" and reconcile_aliases(target) == []
+    update_state(target.state_path, rollback)  # killed again before clearing challenger
+    assert reconcile_aliases(target) == ["alias challenger: version 2 -> none (no canary)"]
+    assert _alias(registry, "challenger") is None and _alias(registry, "champion") == "1"
