@@ -399,11 +399,27 @@ def _recover_killed_runs(settings: Settings) -> None:
 
 
 def _reconcile_aliases(settings: Settings) -> None:
-    """Aliases back in step with the state file (a rollout killed between its two writes)."""
+    """Aliases back in step with the state file (a rollout killed between its two writes).
+
+    The state file decides what is served; the aliases only mirror it. A registry that
+    lacks the model or a deployed version (another tracking URI, a deleted version)
+    is reported in one line and does not stop `status` or `serve`.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from components.registry.leftovers import registry_exists
     from serving.rollout import reconcile_aliases
 
-    for moved in reconcile_aliases(_rollout_target(settings)):
-        click.echo(f"reconciled: {moved} (as the deployment state says)")
+    if not registry_exists(settings.tracking_uri):
+        return
+    try:
+        moved = reconcile_aliases(_rollout_target(settings))
+    except MlflowException as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"aliases not reconciled with the deployment state: {first_line}")
+        return
+    for line in moved:
+        click.echo(f"reconciled: {line} (as the deployment state says)")
 
 
 @main.command()
@@ -439,10 +455,7 @@ def status(
         click.echo("desired: unknown, the deployment state file cannot be read (see the error below)")
         _show_live(url)
         raise problem from None
-    from components.registry.leftovers import registry_exists
-
-    if registry_exists(settings.tracking_uri):
-        _reconcile_aliases(settings)
+    _reconcile_aliases(settings)
     click.echo(f"desired: {state.describe()}")
     _show_live(url)
 

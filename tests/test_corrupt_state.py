@@ -75,3 +75,19 @@ def test_other_damage_is_named_too(tmp_path: Path, damage: str):
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert str(state_file) in result.stderr and problem in result.stderr
+
+
+def test_a_registry_without_the_deployed_model_is_one_line_not_a_traceback(tmp_path: Path):
+    """The state file decides what is served; a registry that lacks its model only gets reported."""
+    from mlflow.tracking import MlflowClient
+
+    state_dir = tmp_path / "state"
+    state_file = state_dir / "deployment" / "state.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(GOOD, encoding="utf-8")
+    MlflowClient(f"sqlite:///{state_dir / 'mlflow.db'}").search_experiments()  # an empty registry
+    result = run_cli(state_dir, COMMANDS["status"])
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "aliases not reconciled with the deployment state" in result.stdout
+    assert "desired: champion version 1 (100%)" in result.stdout

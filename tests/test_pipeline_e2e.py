@@ -227,16 +227,23 @@ def test_cli_reports_bad_input_with_the_file_and_rule(tmp_path):
 
 
 @pytest.mark.real_data
-def test_real_green_months_reproduce_the_course_and_beat_its_best(shared_tlc_dir, tmp_path):
-    """Acceptance: green 2021-01 -> 2021-02 with every default candidate, then the same run again."""
+def test_real_green_months_beat_the_course_and_its_best(shared_tlc_dir, tmp_path):
+    """Acceptance: green 2021-01 -> 2021-02 with every default candidate, then the same run again.
+
+    The course's LinearRegression scores 7.7587 on its own preparation (tests/test_vectorize.py
+    reproduces it). Ingest also drops what the predictor refuses (distance_out_of_range: 55 trips
+    of up to 244,152 miles in 2021-01, 29 in 2021-02, meter glitches with ordinary durations), and
+    on those months the same model scores 6.9115; the trees barely notice (6.0475 -> 6.0449).
+    """
     settings = _settings(tmp_path)
     summary = run_pipeline_locally(
         settings, RunRequest(data_dir=str(shared_tlc_dir)), progress=lambda line: None
     )
     scores = {row["name"]: row["rmse"] for row in summary["candidates"]}
     assert set(scores) == {"linear_regression", "lasso", "ridge", "xgboost", "target_encoded_xgboost"}
-    assert scores["linear_regression"] == pytest.approx(7.7587, abs=0.01)
-    assert min(scores.values()) <= 6.30
+    assert scores["linear_regression"] == pytest.approx(6.9115, abs=0.01)
+    assert scores["target_encoded_xgboost"] == pytest.approx(6.0449, abs=0.01)
+    assert min(scores.values()) <= 6.30  # the course's hyperopt-tuned XGBoost
     assert summary["model_version"] == "1" and summary["alias"] == "champion"
 
     again = run_pipeline_locally(
