@@ -138,6 +138,20 @@ def _acceptable(ride: dict[str, Any]) -> bool:
     return True
 
 
+def bench_months(spec: dict[str, Any], out: Path) -> tuple[Path, str]:
+    """The folder with the two months (the real files, else generated ones in ``out``) and what it is."""
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(spec["data_dir"])
+    names = [f"{COLOR}_tripdata_{m}.parquet" for m in (TRAIN_MONTH, VAL_MONTH)]
+    if all((data_dir / name).is_file() for name in names):
+        return data_dir, f"real TLC files in {data_dir}"
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.tlc_fixtures import write_tlc_dir
+
+    generated = write_tlc_dir(out / "generated_tlc", rows=spec["generated_rows"], seed=spec["seed"])
+    return generated, f"GENERATED ({spec['generated_rows']} rows/month; real files absent from --data-dir)"
+
+
 def child_build(spec: dict[str, Any]) -> None:
     """Train, save the model, sample request rides; print RESULT {...}."""
     import numpy as np
@@ -148,16 +162,7 @@ def child_build(spec: dict[str, Any]) -> None:
     from components.models.train import fit_candidate
 
     out = Path(spec["model_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(spec["data_dir"])
-    names = [f"{COLOR}_tripdata_{m}.parquet" for m in (TRAIN_MONTH, VAL_MONTH)]
-    data_source = f"real TLC files in {data_dir}"
-    if not all((data_dir / name).is_file() for name in names):
-        sys.path.insert(0, str(REPO / "tests"))
-        from support.tlc_fixtures import write_tlc_dir
-
-        data_dir = write_tlc_dir(out / "generated_tlc", rows=spec["generated_rows"], seed=spec["seed"])
-        data_source = f"GENERATED ({spec['generated_rows']} rows/month; real files absent from --data-dir)"
+    data_dir, data_source = bench_months(spec, out)
     started = time.perf_counter()
     train, _ = load_month(COLOR, TRAIN_MONTH, data_dir=data_dir)
     val, _ = load_month(COLOR, VAL_MONTH, data_dir=data_dir)

@@ -84,10 +84,13 @@ from typing import Any
 
 # Shared with the serving benchmark (same directory): process handling, percentiles, the ride filter.
 from bench_serving import (
+    COLOR,
     DEFAULT_DATA_DIR,
     FIELDS,
     HOST,
     REPO,
+    TRAIN_MONTH,
+    VAL_MONTH,
     Processes,
     _acceptable,
     _child_env,
@@ -98,9 +101,9 @@ from bench_serving import (
     _percentile,
     _progress,
     _run_async,
+    bench_months,
 )
 
-COLOR, TRAIN_MONTH, VAL_MONTH = "green", "2021-01", "2021-02"
 MODEL_FILE = "trip_duration_model.zip"
 MODELS_INFO_FILE = "soak_models.json"
 PREDICT_PATH = "/v1/models/duration:predict"
@@ -145,16 +148,7 @@ def child_build(spec: dict[str, Any]) -> None:
     from components.models.train import fit_candidate
 
     out = Path(spec["model_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(spec["data_dir"])
-    names = [f"{COLOR}_tripdata_{m}.parquet" for m in (TRAIN_MONTH, VAL_MONTH)]
-    data_source = f"real TLC files in {data_dir}"
-    if not all((data_dir / name).is_file() for name in names):
-        sys.path.insert(0, str(REPO / "tests"))
-        from support.tlc_fixtures import write_tlc_dir
-
-        data_dir = write_tlc_dir(out / "generated_tlc", rows=spec["generated_rows"], seed=spec["seed"])
-        data_source = f"GENERATED ({spec['generated_rows']} rows/month; real files absent from --data-dir)"
+    data_dir, data_source = bench_months(spec, out)
     train, _ = load_month(COLOR, TRAIN_MONTH, data_dir=data_dir)
     val, _ = load_month(COLOR, VAL_MONTH, data_dir=data_dir)
     vectorizer, train_matrix, val_matrix = vectorize_trips(train, val)

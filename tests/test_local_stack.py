@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.tlc_fixtures import write_tlc_dir
+from support.model_fixtures import ridge_revisions
 from test_traffic_splitter import PREDICT, TRIP, fake_predictor_command, free_port, rev
 
 from serving.deployment_state import (
@@ -285,22 +285,7 @@ def test_no_orphans_after_the_supervisor_goes(state_path: Path, sig: signal.Sign
 @pytest.fixture(scope="module")
 def model_revisions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Revision, Revision]:
     """Two real ridge model files (alpha 1 and 50): versions 1 and 2."""
-    from components.data.ingest import load_month
-    from components.features.design_matrix import vectorize_trips
-    from components.models.train import fit_candidate
-
-    root = tmp_path_factory.mktemp("canary-models")
-    data_dir = write_tlc_dir(root / "tlc")
-    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
-    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
-    revisions = []
-    for version, alpha in (("1", 1.0), ("2", 50.0)):
-        model, _ = fit_candidate("ridge", {"alpha": alpha}, vectorizer, train, validation)
-        folder = root / f"v{version}"
-        sha256 = model.save(folder / "trip_duration_model.zip")
-        revisions.append(Revision(version, str(folder), sha256))
-    return revisions[0], revisions[1]
+    return ridge_revisions(tmp_path_factory.mktemp("canary-models"))
 
 
 V2_TRIP = {

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from support.tlc_fixtures import write_tlc_dir
+from support.model_fixtures import ridge_revisions
 
 from serving.deployment_state import Revision, deploy, update_state
 from serving.local_stack import PREDICTOR_HOST, LocalStack, kserve_predictor_command
@@ -34,22 +34,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def revisions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Revision, Revision]:
-    """Two real ridge model files (alpha 1 and 50): versions 1 and 2."""
-    from components.data.ingest import load_month
-    from components.features.design_matrix import vectorize_trips
-    from components.models.train import fit_candidate
-
-    root = tmp_path_factory.mktemp("fault-models")
-    data_dir = write_tlc_dir(root / "tlc")
-    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
-    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
-    out = []
-    for version, alpha in (("1", 1.0), ("2", 50.0)):
-        model, _ = fit_candidate("ridge", {"alpha": alpha}, vectorizer, train, validation)
-        folder = root / f"v{version}"
-        out.append(Revision(version, str(folder), model.save(folder / "trip_duration_model.zip")))
-    return out[0], out[1]
+    return ridge_revisions(tmp_path_factory.mktemp("fault-models"))
 
 
 @pytest.fixture(scope="module")

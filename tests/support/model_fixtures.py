@@ -1,4 +1,4 @@
-"""A small trained model for tests that need one: a candidate fitted on the generated TLC months."""
+"""Small trained models for tests that need them: candidates fitted on the generated TLC months."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from components.data.ingest import load_month
 from components.features.design_matrix import vectorize_trips
 from components.models.duration_model import TripDurationModel
 from components.models.train import CandidateResult, fit_candidate
+from serving.deployment_state import Revision
 from support.tlc_fixtures import write_tlc_dir
 
 
@@ -27,3 +28,17 @@ def fit_fixture_model(
     vectorizer, x_train, x_val = vectorize_trips(train, validation)
     model, result = fit_candidate(name, params or {}, vectorizer, x_train, x_val)
     return model, result, validation
+
+
+def ridge_revisions(root: Path) -> tuple[Revision, Revision]:
+    """Two real ridge model files (alpha 1 and 50), saved under ``root``: versions 1 and 2."""
+    data_dir = write_tlc_dir(root / "tlc")
+    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
+    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
+    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
+    revisions = []
+    for version, alpha in (("1", 1.0), ("2", 50.0)):
+        model, _ = fit_candidate("ridge", {"alpha": alpha}, vectorizer, train, validation)
+        folder = root / f"v{version}"
+        revisions.append(Revision(version, str(folder), model.save(folder / "trip_duration_model.zip")))
+    return revisions[0], revisions[1]
