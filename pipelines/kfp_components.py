@@ -209,12 +209,13 @@ def register(
     winner: Input[Model],
     evaluation: Input[Artifact],
     val_trips: Input[Dataset],
+    train_trips: Input[Dataset],
     mlflow_run: Input[Artifact],
     model_name: str,
     model_store_uri: str,
     summary: Output[Artifact],
 ) -> None:
-    """Register the winner in MLflow when the gate passed; writes the run's summary.
+    """Register the winner in MLflow when the gate passed, with its reference profile; writes the summary.
 
     With a ``model_store_uri`` (s3://models/<model_name>) the model file is
     uploaded there first, for the cluster's predictor to load.
@@ -229,6 +230,7 @@ def register(
         winner_path=winner.path,
         evaluation=evaluated,
         val_trips_path=val_trips.path,
+        train_trips_path=train_trips.path,
         tracking_uri=mlflow_run.metadata["tracking_uri"],
         parent_run_id=mlflow_run.metadata["run_id"],
         model_name=model_name,

@@ -154,6 +154,7 @@ def build_pipeline(
                 winner=evaluated.outputs["winner"],
                 evaluation=evaluated.outputs["evaluation"],
                 val_trips=val_trips.outputs["trips"],
+                train_trips=train_trips.outputs["trips"],
                 mlflow_run=opened.outputs["mlflow_run"],
                 model_name=model_name,
                 model_store_uri=model_store_uri,

@@ -101,6 +101,10 @@ def test_task_graph(pipeline_ir):
     assert set(body["vectorize"]["dependentTasks"]) == {"ingest", "ingest-2"}
     assert set(body["evaluate"]["dependentTasks"]) >= {"for-loop-2", "ingest-2", "open-tracking-run"}
     assert set(body["register"]["dependentTasks"]) >= {"evaluate"}
+    # register builds the reference profile from both months: training features, validation answers.
+    months = body["register"]["inputs"]["artifacts"]
+    assert months["train_trips"]["taskOutputArtifact"]["producerTask"] == "ingest"
+    assert months["val_trips"]["taskOutputArtifact"]["producerTask"] == "ingest-2"
 
 
 def test_both_ingest_tasks_get_the_min_rows_parameter(pipeline_ir):

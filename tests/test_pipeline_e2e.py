@@ -129,6 +129,13 @@ def test_first_run_trains_every_candidate_and_registers_a_champion(generated, fi
     champion = client.get_model_version_by_alias(settings.model_name, "champion")
     assert str(champion.version) == "1"
     assert champion.tags["candidate"] == summary["winner"]
+    # The version carries its reference profile, checked against its recorded sha256.
+    from components.registry.versions import fetch_reference_profile
+
+    profile = fetch_reference_profile(settings.tracking_uri, champion, root / "profile")
+    assert profile.candidate == summary["winner"]
+    assert profile.scores.rmse == pytest.approx(best["rmse"])
+    assert profile.validation.rows == profile.scores.predictions.n > 0
 
 
 def test_each_candidate_is_a_nested_mlflow_run_with_its_data_lineage(generated, first_run):

@@ -27,6 +27,7 @@ import pandas as pd
 
 from components.features.trip_features import FEATURE_FIELDS
 from components.models.duration_model import MODEL_FILE_NAME, load_duration_model
+from components.monitoring.reference_profile import PROFILE_FILE_NAME
 from components.registry.model_code import PYFUNC_ENTRY, stage_model_code
 from components.registry.model_store import upload_model_files
 from components.registry.process_owner import OWNER_TAG, process_owner
@@ -36,6 +37,8 @@ from components.registry.versions import (
     CHAMPION,
     PENDING,
     PENDING_TAG,
+    PROFILE_ARTIFACT_KEY,
+    PROFILE_SHA256_TAG,
     PYFUNC_ARTIFACT_KEY,
     SHA256_TAG,
     STORAGE_URI_TAG,
@@ -79,6 +82,7 @@ def register_winner(
     version_tags: Mapping[str, str],
     model_store_uri: str = "",
     s3: S3Connection | None = None,
+    reference_profile: Path | None = None,
 ) -> Registration:
     """Log the winner as a pyfunc model under ``run_id`` and register it, when the gate passed.
 
@@ -86,6 +90,8 @@ def register_winner(
     (the canary decides later whether the challenger is promoted). A non-empty
     ``model_store_uri`` (``s3://models/<model_name>``) stores the model there first,
     through ``s3`` (default: ``S3Connection.from_env()``); empty means local mode.
+    ``reference_profile`` (a ``reference_profile.json``) is logged beside the model file,
+    its sha256 in the version tag ``reference_profile_sha256``.
     """
     if not gate["passed"]:
         return Registration(
@@ -117,10 +123,15 @@ def register_winner(
         # KFP names the artifact file after the output ("winner"); the registry gets the canonical name.
         staged_file = Path(staging) / MODEL_FILE_NAME
         shutil.copyfile(model_file, staged_file)
+        artifacts = {PYFUNC_ARTIFACT_KEY: str(staged_file)}
+        if reference_profile is not None:
+            staged_profile = Path(staging) / PROFILE_FILE_NAME
+            shutil.copyfile(reference_profile, staged_profile)
+            artifacts[PROFILE_ARTIFACT_KEY] = str(staged_profile)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_ENTRY),
-            artifacts={PYFUNC_ARTIFACT_KEY: str(staged_file)},
+            artifacts=artifacts,
             model_config={"sha256": sha256},
             # The model loads anywhere with these packages: the code it needs travels with it.
             code_paths=[str(stage_model_code(Path(staging) / "code"))],
@@ -132,6 +143,8 @@ def register_winner(
     tags = {SHA256_TAG: sha256, **version_tags, PENDING_TAG: PENDING, OWNER_TAG: process_owner().text()}
     if storage_uri is not None:
         tags[STORAGE_URI_TAG] = storage_uri
+    if reference_profile is not None:
+        tags[PROFILE_SHA256_TAG] = file_sha256(reference_profile)
     # The tags are written in the same transaction as the version row: no kill can leave
     # a version without its pending mark.
     version = mlflow.register_model(info.model_uri, model_name, tags=tags)

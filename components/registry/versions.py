@@ -21,8 +21,15 @@ from components.models.duration_model import (
     load_duration_model,
     verify_model_file,
 )
+from components.monitoring.reference_profile import (
+    PROFILE_FILE_NAME,
+    ProfileError,
+    ReferenceProfile,
+    load_profile,
+)
 from components.registry.leftovers import PENDING, PENDING_TAG
 from components.registry.tracking import client_for
+from components.storage.checksums import file_sha256
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -32,6 +39,9 @@ SHA256_TAG = "model_sha256"
 STORAGE_URI_TAG = "storage_uri"
 # The pyfunc keeps its artifacts under this key; the file sits in artifacts/ of the model dir.
 PYFUNC_ARTIFACT_KEY = "trip_duration_model"
+# The reference profile (components/monitoring) sits beside it, checked against this tag.
+PROFILE_ARTIFACT_KEY = "reference_profile"
+PROFILE_SHA256_TAG = "reference_profile_sha256"
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ def fetch_model_file(
             "refusing to load an unverifiable model file"
         )
     target = dest_dir or Path(tempfile.mkdtemp(prefix="taxi-mlops-model-"))
+    client_for(tracking_uri)  # models:/ URIs resolve through the process's registry URI
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{version.name}/{version.version}",
         dst_path=str(target),
@@ -92,6 +103,31 @@ def fetch_model_file(
             f"model {version.name} version {version.version} has no artifacts/{MODEL_FILE_NAME}"
         )
     return RegisteredModelFile(version.name, str(version.version), alias, expected, path)
+
+
+def fetch_reference_profile(
+    tracking_uri: str, version: ModelVersion, dest_dir: Path | None = None
+) -> ReferenceProfile:
+    """A version's reference profile, checked against the sha256 recorded at registration."""
+    import mlflow.artifacts
+
+    expected = version.tags.get(PROFILE_SHA256_TAG)
+    where = f"model {version.name} version {version.version}"
+    if not expected:
+        raise ProfileError(
+            f"{where} has no {PROFILE_SHA256_TAG} tag (registered without a reference profile)"
+        )
+    target = dest_dir or Path(tempfile.mkdtemp(prefix="taxi-mlops-profile-"))
+    client_for(tracking_uri)  # models:/ URIs resolve through the process's registry URI
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{version.name}/{version.version}/artifacts/{PROFILE_FILE_NAME}",
+        dst_path=str(target),
+        tracking_uri=tracking_uri,
+    )
+    actual = file_sha256(local)
+    if actual != expected.lower():
+        raise ProfileError(f"{where}: {PROFILE_FILE_NAME} sha256 {actual} is not the recorded {expected}")
+    return load_profile(local)
 
 
 def champion_model(

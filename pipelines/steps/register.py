@@ -9,6 +9,7 @@ from typing import Any
 
 from components.data.ingest import read_clean_trips
 from components.models.duration_model import load_duration_model
+from components.monitoring.reference_profile import PROFILE_FILE_NAME, build_reference_profile, save_profile
 from components.registry import tracking
 from components.registry.registration import register_winner
 from components.storage.s3 import S3Connection
@@ -22,6 +23,7 @@ def register_step(
     winner_path: str,
     evaluation: Mapping[str, Any],
     val_trips_path: str,
+    train_trips_path: str,
     tracking_uri: str,
     parent_run_id: str,
     model_name: str,
@@ -34,12 +36,17 @@ def register_step(
     """
 
     winner = load_duration_model(winner_path, expected_sha256=None)
+    val_trips = read_clean_trips(val_trips_path)
+    profile_path = Path(winner_path).with_name(PROFILE_FILE_NAME)
+    if evaluation["gate"]["passed"]:
+        profile = build_reference_profile(winner, read_clean_trips(train_trips_path), val_trips)
+        save_profile(profile, profile_path)
     registration = register_winner(
         tracking_uri=tracking_uri,
         model_name=model_name,
         model_file=Path(winner_path),
         gate=evaluation["gate"],
-        input_example=read_clean_trips(val_trips_path),
+        input_example=val_trips,
         run_id=str(winner.metadata.get("mlflow_run_id") or parent_run_id),
         version_tags={
             "candidate": winner.candidate,
@@ -48,6 +55,7 @@ def register_step(
         },
         model_store_uri=model_store_uri,
         s3=S3Connection.from_env() if model_store_uri else None,
+        reference_profile=profile_path if evaluation["gate"]["passed"] else None,
     )
     tracking.log_run_values(
         tracking_uri,

@@ -28,6 +28,7 @@ ROOM_LAYERS: Mapping[str, int] = {
     "models": 3,
     "data": 4,
     "evaluation": 4,
+    "monitoring": 4,
     "registry": 5,
 }
 
