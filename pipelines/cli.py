@@ -485,6 +485,56 @@ def _show_live(url: str) -> None:
 
 
 @main.command()
+@click.option("--month", required=True, metavar="YYYY-MM", help="The TLC month whose trips to replay.")
+@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
+    help="Folder (or file) with TLC parquet files; without it, the TLC site (cached).",
+)
+@click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead.")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="Where the model is served.")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=200.0, show_default=True, help="Requests/s.")
+@click.option("--limit", type=click.IntRange(min=1), help="Replay at most this many trips (default: all).")
+def replay(
+    month: str,
+    color: str,
+    data_dir: Path | None,
+    s3_uri: str | None,
+    url: str,
+    rate: float,
+    limit: int | None,
+) -> None:
+    """Send a month's real trips through the served model, each with its trip id and pickup time."""
+    from components.data.ingest import load_month
+    from components.data.trip_ids import trip_ids
+    from components.storage.s3 import S3Connection
+    from serving.replay import replay_trips
+
+    settings = Settings.from_env()
+    trips, report = load_month(
+        color,
+        month,
+        data_dir=data_dir,
+        s3_uri=s3_uri,
+        s3=S3Connection.from_env() if s3_uri else None,
+        cache_dir=settings.cache_dir,
+        base_url=settings.tlc_base_url,
+    )
+    ids = trip_ids(trips, color)
+    total = min(len(trips), limit) if limit else len(trips)
+    click.echo(f"replaying {total} of {report.rows_kept} trips of {color} {month} to {url} at {rate:g}/s")
+
+    def show(summary: Any, of: int) -> None:
+        click.echo(f"  {summary.sent}/{of} sent, {summary.ok} ok, {summary.failed} failed")
+
+    summary = replay_trips(url, trips, ids, rate=rate, limit=limit, progress=show)
+    click.echo(f"replayed: {summary.line()}")
+    if summary.failed:
+        raise TaxiMlopsError(f"{summary.failed} of {summary.sent} requests got no answer or a 5xx from {url}")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
 @_state_dir_option
