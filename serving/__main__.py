@@ -27,6 +27,10 @@ Endpoints (KServe's): ``POST /v1/models/duration:predict``,
 ``POST /v2/models/duration/infer``, ``GET /v2/health/live``, ``GET /v2/health/ready``,
 ``GET /v2/models/duration/ready``, ``GET /v1/models/duration``, ``GET /metrics``.
 
+``--prediction-log-dir PATH`` (off by default) records every answered trip as
+Parquet segments in PATH (``components.monitoring.prediction_log``; the local
+stack passes ``<state_dir>/deployment/prediction-log``).
+
 A model that cannot be fetched or does not match its recorded sha256 stops the
 process before it listens: exit status 1 and the reason on stderr.
 """
@@ -47,6 +51,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import kserve
@@ -117,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BATCH_ROWS,
         help="largest number of trips one request may carry",
     )
+    parser.add_argument(
+        "--prediction-log-dir",
+        type=Path,
+        default=None,
+        help="log every answered trip as Parquet segments in this directory (default: no log)",
+    )
     parser.set_defaults(
         model_name=SERVED_MODEL_NAME,
         enable_grpc=False,
@@ -183,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         name=args.model_name,
         limits=RequestLimits(max_batch_rows=args.max_batch_rows),
+        prediction_log_dir=args.prediction_log_dir,
     )
     try:
         model.load()
@@ -219,7 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before start(): the REST (and gRPC) server take the data plane from here.
     server.dataplane = TripDataPlane(model_registry=server.registered_models)
     error_responses.install(kserve.model_server.app)
-    server.start([model])
+    try:
+        server.start([model])
+    finally:
+        model.stop()  # KServe unloads (and so stops) models on a signal; this covers any other exit
     return 0
 
 

@@ -27,6 +27,7 @@ on Linux, so neither Ctrl-C nor a killed supervisor leaves orphans behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import logging
 import os
@@ -50,6 +51,8 @@ from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitt
 
 #: Where the splitter reaches predictors, whatever address the splitter itself listens on.
 PREDICTOR_HOST = "127.0.0.1"
+#: The predictors' prediction log, beside the deployment state: <state_dir>/deployment/prediction-log/.
+PREDICTION_LOG_DIR_NAME = "prediction-log"
 
 PredictorCommand = Callable[[Revision, int], Sequence[str]]
 Progress = Callable[[str], None]
@@ -69,9 +72,15 @@ _PDEATHSIG_EXEC = (
 
 
 def kserve_predictor_command(
-    revision: Revision, port: int, *, model_name: str = SERVED_MODEL_NAME, python: str = sys.executable
+    revision: Revision,
+    port: int,
+    *,
+    model_name: str = SERVED_MODEL_NAME,
+    python: str = sys.executable,
+    prediction_log_dir: Path | None = None,
 ) -> list[str]:
     """The contract command of ``python -m serving`` (see ``serving/__main__.py``) for one revision."""
+    log_args = ["--prediction-log-dir", str(prediction_log_dir)] if prediction_log_dir is not None else []
     return [
         python,
         "-m",
@@ -89,6 +98,7 @@ def kserve_predictor_command(
         # Only the splitter is meant to be reachable; the container keeps the default 0.0.0.0.
         "--bind-host",
         PREDICTOR_HOST,
+        *log_args,
     ]
 
 
@@ -210,6 +220,11 @@ class LocalStack:
         self.state_path = Path(state_path)
         self.host = host
         self.predictor_ports = tuple(predictor_ports) if predictor_ports else None
+        if predictor_command is kserve_predictor_command:
+            # Champion and canary log into one folder beside the state file (segment names carry the pid).
+            predictor_command = functools.partial(
+                kserve_predictor_command, prediction_log_dir=self.state_path.parent / PREDICTION_LOG_DIR_NAME
+            )
         self.predictor_command = predictor_command
         self.model_name = model_name
         self.ready_timeout = ready_timeout

@@ -11,22 +11,40 @@ registered model gives for the same trips.
 Every answer carries the served version (``x-model-version`` header, v2
 ``model_version``), and the Prometheus metrics on ``/metrics`` are labelled
 with it, so a canary can compare champion and challenger on the same scrape.
+
+Every answer also carries a request id (``x-request-id``: the client's
+``x-request-id`` or CloudEvents ``ce-id``, else a fresh uuid4). With a
+prediction log directory, each answered trip is handed to
+``components.monitoring.prediction_log`` (off the request path: a full queue
+drops and counts, it never blocks or fails the request); refused requests are
+not logged.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import kserve
 from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from components.features.trip_domain import MAX_LOCATION_ID, MIN_LOCATION_ID
 from components.models.duration_model import TripDurationModel
+from components.monitoring.prediction_log import (
+    UNKNOWN_REVISION,
+    PredictionLogError,
+    PredictionLogWriter,
+)
 from components.names import SERVED_MODEL_NAME
 from serving.model_source import ModelRecord, load_model
 from serving.pair_lookup import PairLookup, PairLookupError
@@ -41,6 +59,14 @@ from serving.trip_request import (
 #: The one v2 output: trip duration in minutes, FP64, shape [n].
 OUTPUT_NAME: Final = "duration"
 MODEL_VERSION_HEADER: Final = "x-model-version"
+REQUEST_ID_HEADER: Final = "x-request-id"
+#: CloudEvents binary mode carries the event id here; it names the request as well as x-request-id.
+CLOUDEVENT_ID_HEADER: Final = "ce-id"
+EVENT_TIME_HEADER: Final = "x-event-time"
+#: Stamped on the forwarded request by the traffic splitter: champion or canary.
+REVISION_HEADER: Final = "x-taxi-revision"
+#: A client's id is logged and echoed; bounded so one header cannot bloat every log row.
+MAX_REQUEST_ID_CHARS: Final = 200
 
 _LABELS: Final = ("model_name", "model_version")
 # prometheus_client's default REGISTRY is the one KServe's /metrics endpoint exposes.
@@ -73,6 +99,39 @@ class ModelSpec:
     tracking_uri: str | None = None
 
 
+class _PredictionLogMetrics(Collector):
+    """The log writer's counters, read at scrape time (the writer thread never touches prometheus)."""
+
+    def __init__(self, writer: PredictionLogWriter, labels: tuple[str, str]) -> None:
+        self.writer = writer
+        self.labels = labels
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self.writer.stats()
+        records = CounterMetricFamily(
+            "trip_duration_prediction_log_records",
+            "Prediction log records by outcome: written, dropped_queue_full, dropped_write_error.",
+            labels=(*_LABELS, "outcome"),
+        )
+        for outcome, value in (
+            ("written", stats.records_written),
+            ("dropped_queue_full", stats.records_dropped_queue_full),
+            ("dropped_write_error", stats.records_dropped_write_error),
+        ):
+            records.add_metric([*self.labels, outcome], value)
+        segments = CounterMetricFamily(
+            "trip_duration_prediction_log_segments", "Prediction log segments written.", labels=_LABELS
+        )
+        segments.add_metric(list(self.labels), stats.segments_written)
+        errors = CounterMetricFamily(
+            "trip_duration_prediction_log_write_errors",
+            "Prediction log segments that failed to write (their records are counted as dropped).",
+            labels=_LABELS,
+        )
+        errors.add_metric(list(self.labels), stats.write_errors)
+        yield from (records, segments, errors)
+
+
 class TripDurationPredictor(kserve.Model):
     """Trip duration in minutes for v1 ``instances`` and v2 named-input requests."""
 
@@ -81,10 +140,13 @@ class TripDurationPredictor(kserve.Model):
         spec: ModelSpec,
         name: str = SERVED_MODEL_NAME,
         limits: RequestLimits = DEFAULT_LIMITS,
+        prediction_log_dir: Path | None = None,
     ) -> None:
         super().__init__(name, return_response_headers=True)
         self.spec = spec
         self.limits = limits
+        self.prediction_log_dir = prediction_log_dir
+        self.prediction_log: PredictionLogWriter | None = None
         self.record: ModelRecord | None = None
         self._model: TripDurationModel | None = None
         self._lookup: PairLookup | None = None
@@ -111,6 +173,15 @@ class TripDurationPredictor(kserve.Model):
         LATENCY.labels(self.name, version)
         for outcome in ("ok", "invalid"):
             REQUESTS.labels(self.name, version, outcome)
+        if self.prediction_log_dir is not None and self.prediction_log is None:
+            try:
+                self.prediction_log = PredictionLogWriter(self.prediction_log_dir)
+            except OSError as exc:
+                # Asked for a log it cannot write: stop before serving, not serve unlogged.
+                raise PredictionLogError(
+                    f"{self.prediction_log_dir}: cannot write the prediction log: {exc}"
+                ) from exc
+            REGISTRY.register(_PredictionLogMetrics(self.prediction_log, (self.name, version)))
         self.ready = True
         return self.ready
 
@@ -144,11 +215,37 @@ class TripDurationPredictor(kserve.Model):
         LATENCY.labels(self.name, version).observe(time.perf_counter() - started)
         PREDICTIONS.labels(self.name, version).inc(len(minutes))
         REQUESTS.labels(self.name, version, "ok").inc()
+        request_id = _request_id(headers)
         if response_headers is not None:
             response_headers[MODEL_VERSION_HEADER] = version
+            response_headers[REQUEST_ID_HEADER] = request_id
+        if self.prediction_log is not None:
+            self._log(trips, minutes, request_id, headers or {})
         if isinstance(payload, InferRequest):
             return self._v2_response(payload, minutes)
         return {"predictions": minutes.tolist()}
+
+    def stop(self) -> None:
+        """KServe calls this on shutdown: write what the prediction log still holds."""
+        if self.prediction_log is not None:
+            self.prediction_log.close()
+
+    def _log(self, trips: TripBatch, minutes: Any, request_id: str, headers: dict[str, str]) -> None:
+        assert self.prediction_log is not None and self.record is not None
+        try:
+            self.prediction_log.put_batch(
+                request_id=request_id,
+                event_time=_event_time(headers),
+                model_name=self.name,
+                model_version=self.record.version_label,
+                revision=headers.get(REVISION_HEADER) or UNKNOWN_REVISION,
+                pickup=trips.pickup,
+                dropoff=trips.dropoff,
+                distance=trips.distance,
+                minutes=minutes,
+            )
+        except Exception as exc:  # logging never fails a request; put_batch itself counts its drops
+            kserve.logging.logger.warning("prediction log: record not queued: %s", exc)
 
     def _minutes(self, trips: TripBatch) -> Any:
         assert self._model is not None
@@ -168,6 +265,29 @@ class TripDurationPredictor(kserve.Model):
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
+
+
+def _request_id(headers: dict[str, str] | None) -> str:
+    """The client's ``x-request-id`` (or CloudEvents ``ce-id``), else a fresh uuid4."""
+    if headers:
+        # Starlette hands KServe lower-cased header names.
+        sent = headers.get(REQUEST_ID_HEADER) or headers.get(CLOUDEVENT_ID_HEADER)
+        if sent:
+            return sent[:MAX_REQUEST_ID_CHARS]
+    return str(uuid.uuid4())
+
+
+def _event_time(headers: dict[str, str]) -> datetime:
+    """``x-event-time`` (ISO 8601; no zone means UTC) if sent and readable, else now."""
+    sent = headers.get(EVENT_TIME_HEADER)
+    if sent:
+        try:
+            moment = datetime.fromisoformat(sent)
+        except ValueError:
+            # An unreadable event time must not cost the answer; the arrival time stands in.
+            return datetime.now(UTC)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return datetime.now(UTC)
 
 
 def _build_lookup(model: TripDurationModel) -> PairLookup | None:

@@ -83,7 +83,8 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_DROP_FROM_REQUEST = _HOP_BY_HOP | {"host"}
+# A client's own x-taxi-revision is dropped: only the splitter says which revision answers.
+_DROP_FROM_REQUEST = _HOP_BY_HOP | {"host", REVISION_HEADER}
 # The splitter's own stamp is authoritative (a predictor may send x-model-version itself).
 _DROP_FROM_RESPONSE = _HOP_BY_HOP | {REVISION_HEADER, VERSION_HEADER}
 
@@ -477,7 +478,9 @@ class TrafficSplitter:
             request.method,
             yarl.URL(route.url + request.raw_path, encoded=True),
             data=request.body or None,
-            headers=request.headers,
+            # The revision goes on the request as well, so the predictor can log which one answered
+            # (per forward, not per request: a failover is answered by the other revision).
+            headers=[*request.headers, (REVISION_HEADER, route.role)],
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
