@@ -569,7 +569,14 @@ def _log_tail(log: Path, n: int = 3000) -> str:
 class Server:
     """One implementation under test: how to start it, probe it and talk to it."""
 
-    def __init__(self, impl: str, model: dict[str, Any], port: int, omp_threads: int | None) -> None:
+    def __init__(
+        self,
+        impl: str,
+        model: dict[str, Any],
+        port: int,
+        omp_threads: int | None,
+        prediction_log_dir: Path | None = None,
+    ) -> None:
         self.impl = impl
         self.model = model
         self.port = port
@@ -585,6 +592,8 @@ class Server:
                 "--http_port", str(port),
                 "--workers", "1",
             ]  # fmt: skip
+            if prediction_log_dir is not None:
+                self.cmd += ["--prediction-log-dir", str(prediction_log_dir)]
             self.env = _child_env(extra)
             self.url = f"{base}/v1/models/{MODEL_NAME}:predict"
             self.ready_url: str | None = f"{base}/v2/models/{MODEL_NAME}/ready"
@@ -706,7 +715,8 @@ class RunningServer:
 def start_server(
     procs: Processes, args: argparse.Namespace, impl: str, model: dict[str, Any], logs: Path
 ) -> RunningServer:
-    server = Server(impl, model, _free_port(), args.omp_num_threads)
+    log_dir = logs / "prediction-log" if args.prediction_log else None
+    server = Server(impl, model, _free_port(), args.omp_num_threads, log_dir)
     log = logs / f"{impl}.log"
     proc = procs.start(server.cmd, log, server.env)
     start_s = server.wait_ready(proc, log)
@@ -1038,6 +1048,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-inflight", type=int, default=256, help="open loop: outstanding requests cap")
     p.add_argument("--rides", type=int, default=1000, help="distinct validation rides cycled as requests")
     p.add_argument("--omp-num-threads", type=int, default=None, help="set OMP_NUM_THREADS in both servers")
+    p.add_argument("--prediction-log", action="store_true", help="our server logs every prediction")
     p.add_argument("--no-calibration", action="store_true", help="skip the trivial-endpoint client check")
     p.add_argument("--generated-rows", type=int, default=20_000, help="rows/month if data is generated")
     p.add_argument("--seed", type=int, default=42)
