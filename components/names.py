@@ -30,3 +30,7 @@ S3_ENDPOINT_URL: Final = f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
 MLFLOW_TRACKING_URI: Final = f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000"
 PIPELINE_ROOT: Final = "s3://kfp-artifacts/pipeline-root"
 MODEL_STORE_URI: Final = f"s3://models/{REGISTERED_MODEL_NAME}"
+# Local state, beside the deployment state file (<state_dir>/deployment/): the predictors'
+# prediction log (serving/local_stack.py) and the labels joined to it (taxi-mlops labels).
+PREDICTION_LOG_DIR_NAME: Final = "prediction-log"
+LABELS_DIR_NAME: Final = "labels"

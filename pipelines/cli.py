@@ -535,6 +535,115 @@ def replay(
 
 
 @main.command()
+@click.option("--month", required=True, metavar="YYYY-MM", help="The TLC month whose durations to join.")
+@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
+    help="Folder (or file) with TLC parquet files; without it, the TLC site (cached).",
+)
+@click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead.")
+@_state_dir_option
+def labels(month: str, color: str, data_dir: Path | None, s3_uri: str | None, state_dir: Path | None) -> None:
+    """Join a month's actual durations (its TLC file) to the logged predictions, by trip id."""
+    from components.data.ingest import load_month
+    from components.data.trip_ids import trip_ids
+    from components.monitoring.labels import label_month, write_labels
+    from components.monitoring.prediction_log import read_prediction_log
+    from components.storage.s3 import S3Connection
+
+    settings = Settings.from_env(state_dir=state_dir)
+    log = read_prediction_log(settings.prediction_log_dir)
+    trips, _ = load_month(
+        color,
+        month,
+        data_dir=data_dir,
+        s3_uri=s3_uri,
+        s3=S3Connection.from_env() if s3_uri else None,
+        cache_dir=settings.cache_dir,
+        base_url=settings.tlc_base_url,
+    )
+    found, coverage = label_month(log, trips, trip_ids(trips, color))
+    path = settings.labels_dir / f"{color}-{month}.parquet"
+    write_labels(found, path)
+    click.echo(f"{color} {month}: {coverage.line()}")
+    click.echo(f"labels: {path}")
+
+
+@main.command()
+@click.option("--month", metavar="YYYY-MM", help="Judge the predictions whose event time is in this month.")
+@click.option("--since", type=click.DateTime(), help="Event-time window start (UTC), instead of --month.")
+@click.option("--until", type=click.DateTime(), help="Event-time window end (UTC, exclusive).")
+@click.option("--version", "model_version", help="Model version to judge (default: the deployed champion).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the verdict JSON.")
+@_state_dir_option
+def monitor(
+    month: str | None,
+    since: Any,
+    until: Any,
+    model_version: str | None,
+    json_out: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Drift and live accuracy of the logged predictions of one window, against the version's profile."""
+    import pandas as pd
+
+    from components.monitoring.labels import join_labels, read_labels
+    from components.monitoring.monitor import monitor_window
+    from components.monitoring.prediction_log import read_prediction_log
+    from components.registry.tracking import client_for
+    from components.registry.versions import fetch_reference_profile
+    from serving.deployment_state import load_state
+
+    settings = Settings.from_env(state_dir=state_dir)
+    if month is not None:
+        if since is not None or until is not None:
+            raise click.BadParameter("give --month or --since/--until, not both", param_hint="--month")
+        start = pd.Timestamp(f"{month}-01", tz="UTC")
+        since, until = start.to_pydatetime(), (start + pd.offsets.MonthBegin(1)).to_pydatetime()
+    if model_version is None:
+        champion = load_state(settings.deployment_state_path).champion
+        if champion is None:
+            raise TaxiMlopsError("nothing is deployed: give --version")
+        model_version = champion.model_version
+    log = read_prediction_log(settings.prediction_log_dir, since, until)
+    log = log[log["model_version"] == model_version]
+    joined, _ = join_labels(log, read_labels(settings.labels_dir))
+    window = joined.rename(columns={"minutes": "prediction"})
+    version = client_for(settings.tracking_uri).get_model_version(settings.model_name, model_version)
+    profile = fetch_reference_profile(settings.tracking_uri, version)
+    document = monitor_window(
+        window,
+        profile,
+        model_version=model_version,
+        start=since.isoformat() if since else "",
+        end=until.isoformat() if until else "",
+    )
+    accuracy, drift = document["accuracy"], document["drift"]
+    click.echo(
+        f"version {model_version}: {document['window']['predictions']} predictions, "
+        f"{document['window']['labelled']} labelled; verdict {document['verdict'].upper()}"
+    )
+    for name, result in drift.get("features", {}).items():
+        flag = "DRIFT" if result["drifted"] else "ok"
+        click.echo(
+            f"  {name:<14} {flag:<5} effect {result['effect']:.3f} (min {result['min_effect']:.2f}), "
+            f"statistic {result['statistic']:.4g} vs {result['threshold']:.4g}"
+        )
+    if accuracy["rmse"] is not None:
+        low, high = accuracy["rmse_ci"]
+        click.echo(
+            f"  accuracy       RMSE {accuracy['rmse']:.3f} [{low:.3f}, {high:.3f}] vs validation "
+            f"{accuracy['baseline_rmse']:.3f}; label coverage {accuracy['label_coverage']:.1%}"
+        )
+    else:
+        click.echo(f"  accuracy       not judged: {accuracy['labelled']} labelled trips")
+    if json_out is not None:
+        write_atomically(json_out, json.dumps(document, indent=2) + "\n")
+        click.echo(f"verdict JSON: {json_out}")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
 @_state_dir_option

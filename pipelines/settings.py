@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.names import EXPERIMENT_NAME, REGISTERED_MODEL_NAME, TLC_BASE_URL
+from components.names import (
+    EXPERIMENT_NAME,
+    LABELS_DIR_NAME,
+    PREDICTION_LOG_DIR_NAME,
+    REGISTERED_MODEL_NAME,
+    TLC_BASE_URL,
+)
 
 DEFAULT_STATE_DIR = ".taxi-mlops"
 
@@ -44,6 +50,16 @@ class Settings:
     def deployment_state_path(self) -> Path:
         """The local deployment's desired state (champion, canary, percent); ``serve`` follows it."""
         return self.state_dir / "deployment" / "state.json"
+
+    @property
+    def prediction_log_dir(self) -> Path:
+        """Every answered prediction of the local stack's predictors (Parquet segments)."""
+        return self.deployment_state_path.parent / PREDICTION_LOG_DIR_NAME
+
+    @property
+    def labels_dir(self) -> Path:
+        """Actual durations joined to the logged predictions, one file per month (``labels``)."""
+        return self.deployment_state_path.parent / LABELS_DIR_NAME
 
     @property
     def deployed_models_dir(self) -> Path:

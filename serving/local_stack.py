@@ -45,14 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import TaxiMlopsError
-from components.names import SERVED_MODEL_NAME
+from components.names import PREDICTION_LOG_DIR_NAME, SERVED_MODEL_NAME
 from serving.deployment_state import DeploymentState, Revision, load_state
 from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitter
 
 #: Where the splitter reaches predictors, whatever address the splitter itself listens on.
 PREDICTOR_HOST = "127.0.0.1"
-#: The predictors' prediction log, beside the deployment state: <state_dir>/deployment/prediction-log/.
-PREDICTION_LOG_DIR_NAME = "prediction-log"
 
 PredictorCommand = Callable[[Revision, int], Sequence[str]]
 Progress = Callable[[str], None]

@@ -14,10 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from support.tlc_fixtures import write_tlc_dir
 
+from components.data.ingest import load_month
 from components.registry.tracking import CANDIDATE_TAG
 from components.storage.checksums import file_sha256
 from pipelines.local_run import PipelineRunError, RunRequest, run_pipeline_locally
@@ -259,3 +261,57 @@ def test_real_green_months_beat_the_course_and_its_best(shared_tlc_dir, tmp_path
     assert again["gate"]["passed"] is False
     assert again["model_version"] is None
     assert _versions(settings) == ["1"]
+
+
+def test_labels_and_monitor_judge_the_logged_month_against_the_versions_profile(generated, first_run):
+    """Served predictions of the validation month (written with the predictor's own log writer), its
+    labels joined by the real CLI, and the monitor's verdict: the reference month itself is no drift,
+    and its live RMSE is the registered validation RMSE exactly (same trips, same model)."""
+    from datetime import UTC
+
+    from components.data.trip_ids import trip_ids
+    from components.monitoring.prediction_log import PredictionLogWriter
+    from components.registry.versions import champion_model
+
+    root, data_dir = generated
+    settings = _settings(root)
+    trips, _ = load_month("green", "2021-02", data_dir=data_dir)
+    ids = trip_ids(trips, "green")
+    champion = champion_model(settings.tracking_uri, settings.model_name, root / "champion")
+    minutes = champion.load().predict(trips)
+    writer = PredictionLogWriter(settings.prediction_log_dir)
+    for row, trip in enumerate(trips.itertuples(index=False)):
+        writer.put_batch(
+            request_id=ids[row],
+            event_time=trip.pickup_datetime.to_pydatetime().replace(tzinfo=UTC),
+            model_name="duration",
+            model_version=champion.version,
+            revision="champion",
+            pickup=np.array([int(trip.PULocationID)]),
+            dropoff=np.array([int(trip.DOLocationID)]),
+            distance=np.array([trip.trip_distance]),
+            minutes=np.array([minutes[row]]),
+        )
+    writer.close()
+
+    env = {**os.environ, "TAXI_MLOPS_STATE_DIR": str(settings.state_dir)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    script = str(Path(sys.executable).with_name("taxi-mlops"))
+    labelled = subprocess.run(
+        [script, "labels", "--month", "2021-02", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert labelled.returncode == 0, labelled.stderr
+    assert f"labelled {len(trips)} of {len(trips)} logged predictions (100.0%)" in labelled.stdout
+    verdict_path = root / "monitor.json"
+    monitored = subprocess.run(
+        [script, "monitor", "--month", "2021-02", "--json-out", str(verdict_path)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert monitored.returncode == 0, monitored.stderr
+    document = json.loads(verdict_path.read_text())
+    assert document["model_version"] == champion.version
+    assert document["window"]["predictions"] == document["window"]["labelled"] == len(trips)
+    assert document["verdict"] == "ok", document
+    assert document["accuracy"]["rmse"] == pytest.approx(first_run["summary"]["gate"]["challenger_rmse"])
+    assert not document["accuracy"]["degraded"] and document["accuracy"]["label_coverage"] == 1.0
