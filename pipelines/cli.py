@@ -484,15 +484,45 @@ def _show_live(url: str) -> None:
         click.echo(f"  supervisor: NOT applied: {supervisor.get('message')}")
 
 
+def _month_options(command: Any) -> Any:
+    """Which TLC month to read, and from where: the options ``replay`` and ``labels`` share."""
+    options = [
+        click.option("--month", required=True, metavar="YYYY-MM", help="The TLC month to read."),
+        click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
+            help="Folder (or file) with TLC parquet files; without it, the TLC site (cached).",
+        ),
+        click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _month_trips(
+    settings: Settings, color: str, month: str, data_dir: Path | None, s3_uri: str | None
+) -> tuple[Any, Any, Any]:
+    """A month's cleaned trips (the same rules as training), its ingest report and its trip ids."""
+    from components.data.ingest import load_month
+    from components.data.trip_ids import trip_ids
+    from components.storage.s3 import S3Connection
+
+    trips, report = load_month(
+        color,
+        month,
+        data_dir=data_dir,
+        s3_uri=s3_uri,
+        s3=S3Connection.from_env() if s3_uri else None,
+        cache_dir=settings.cache_dir,
+        base_url=settings.tlc_base_url,
+    )
+    return trips, report, trip_ids(trips, color)
+
+
 @main.command()
-@click.option("--month", required=True, metavar="YYYY-MM", help="The TLC month whose trips to replay.")
-@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
-    help="Folder (or file) with TLC parquet files; without it, the TLC site (cached).",
-)
-@click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead.")
+@_month_options
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="Where the model is served.")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=200.0, show_default=True, help="Requests/s.")
 @click.option("--limit", type=click.IntRange(min=1), help="Replay at most this many trips (default: all).")
@@ -506,22 +536,9 @@ def replay(
     limit: int | None,
 ) -> None:
     """Send a month's real trips through the served model, each with its trip id and pickup time."""
-    from components.data.ingest import load_month
-    from components.data.trip_ids import trip_ids
-    from components.storage.s3 import S3Connection
     from serving.replay import replay_trips
 
-    settings = Settings.from_env()
-    trips, report = load_month(
-        color,
-        month,
-        data_dir=data_dir,
-        s3_uri=s3_uri,
-        s3=S3Connection.from_env() if s3_uri else None,
-        cache_dir=settings.cache_dir,
-        base_url=settings.tlc_base_url,
-    )
-    ids = trip_ids(trips, color)
+    trips, report, ids = _month_trips(Settings.from_env(), color, month, data_dir, s3_uri)
     total = min(len(trips), limit) if limit else len(trips)
     click.echo(f"replaying {total} of {report.rows_kept} trips of {color} {month} to {url} at {rate:g}/s")
 
@@ -535,35 +552,17 @@ def replay(
 
 
 @main.command()
-@click.option("--month", required=True, metavar="YYYY-MM", help="The TLC month whose durations to join.")
-@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=True, dir_okay=True, path_type=Path),
-    help="Folder (or file) with TLC parquet files; without it, the TLC site (cached).",
-)
-@click.option("--s3-uri", help="Read TLC files from s3://bucket/prefix (MinIO) instead.")
+@_month_options
 @_state_dir_option
 def labels(month: str, color: str, data_dir: Path | None, s3_uri: str | None, state_dir: Path | None) -> None:
     """Join a month's actual durations (its TLC file) to the logged predictions, by trip id."""
-    from components.data.ingest import load_month
-    from components.data.trip_ids import trip_ids
     from components.monitoring.labels import label_month, write_labels
     from components.monitoring.prediction_log import read_prediction_log
-    from components.storage.s3 import S3Connection
 
     settings = Settings.from_env(state_dir=state_dir)
     log = read_prediction_log(settings.prediction_log_dir)
-    trips, _ = load_month(
-        color,
-        month,
-        data_dir=data_dir,
-        s3_uri=s3_uri,
-        s3=S3Connection.from_env() if s3_uri else None,
-        cache_dir=settings.cache_dir,
-        base_url=settings.tlc_base_url,
-    )
-    found, coverage = label_month(log, trips, trip_ids(trips, color))
+    trips, _, ids = _month_trips(settings, color, month, data_dir, s3_uri)
+    found, coverage = label_month(log, trips, ids)
     path = settings.labels_dir / f"{color}-{month}.parquet"
     write_labels(found, path)
     click.echo(f"{color} {month}: {coverage.line()}")

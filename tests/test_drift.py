@@ -10,24 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from support.tlc_fixtures import write_tlc_dir
+from support.model_fixtures import profiled_ridge
 
-from components.data.ingest import load_month
-from components.features.design_matrix import vectorize_trips
-from components.models.train import fit_candidate
 from components.monitoring.drift import DEFAULT_MIN_EFFECT, DriftPolicy, detect_drift
-from components.monitoring.reference_profile import build_reference_profile
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory):
-    data_dir = write_tlc_dir(tmp_path_factory.mktemp("tlc"), rows=6000)
-    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
-    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
-    model, _ = fit_candidate("ridge", None, vectorizer, train, validation)
-    profile = build_reference_profile(model, train_trips, val_trips)
-    return model, profile, val_trips
+    return profiled_ridge(tmp_path_factory.mktemp("tlc"))
 
 
 def _window(model, trips: pd.DataFrame) -> pd.DataFrame:

@@ -7,25 +7,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from support.tlc_fixtures import write_tlc_dir
+from support.model_fixtures import profiled_ridge
 
-from components.data.ingest import load_month
-from components.features.design_matrix import vectorize_trips
 from components.features.trip_features import TARGET_COLUMN
-from components.models.train import fit_candidate
 from components.monitoring.accuracy import AccuracyPolicy, live_accuracy
 from components.monitoring.monitor import monitor_window
-from components.monitoring.reference_profile import build_reference_profile
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory):
-    data_dir = write_tlc_dir(tmp_path_factory.mktemp("tlc"), rows=6000)
-    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
-    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
-    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
-    model, _ = fit_candidate("ridge", None, vectorizer, train, validation)
-    return model, build_reference_profile(model, train_trips, val_trips), val_trips
+    return profiled_ridge(tmp_path_factory.mktemp("tlc"))
 
 
 def _labelled_window(model, trips: pd.DataFrame, n: int, seed: int, label_scale: float = 1.0) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from components.data.ingest import load_month
 from components.features.design_matrix import vectorize_trips
 from components.models.duration_model import TripDurationModel
 from components.models.train import CandidateResult, fit_candidate
+from components.monitoring.reference_profile import ReferenceProfile, build_reference_profile
 from serving.deployment_state import Revision
 from support.tlc_fixtures import write_tlc_dir
 
@@ -42,3 +43,13 @@ def ridge_revisions(root: Path) -> tuple[Revision, Revision]:
         folder = root / f"v{version}"
         revisions.append(Revision(version, str(folder), model.save(folder / "trip_duration_model.zip")))
     return revisions[0], revisions[1]
+
+
+def profiled_ridge(tlc_dir: Path) -> tuple[TripDurationModel, ReferenceProfile, pd.DataFrame]:
+    """Ridge on 6,000-trip generated months, its reference profile, and the cleaned validation trips."""
+    data_dir = write_tlc_dir(tlc_dir, rows=6000)
+    train_trips, _ = load_month("green", "2021-01", data_dir=data_dir)
+    val_trips, _ = load_month("green", "2021-02", data_dir=data_dir)
+    vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
+    model, _ = fit_candidate("ridge", None, vectorizer, train, validation)
+    return model, build_reference_profile(model, train_trips, val_trips), val_trips
