@@ -590,7 +590,7 @@ def monitor(
     from components.monitoring.labels import join_labels, read_labels
     from components.monitoring.monitor import monitor_window
     from components.monitoring.prediction_log import read_prediction_log
-    from components.registry.tracking import client_for
+    from components.registry.tracking import client_for, log_monitor_verdict
     from components.registry.versions import fetch_reference_profile
     from serving.deployment_state import load_state
 
@@ -637,6 +637,10 @@ def monitor(
         )
     else:
         click.echo(f"  accuracy       not judged: {accuracy['labelled']} labelled trips")
+    run_id = log_monitor_verdict(
+        settings.tracking_uri, settings.experiment, document, settings.artifact_location
+    )
+    click.echo(f"MLflow run {run_id} in experiment '{settings.experiment}-monitoring'")
     if json_out is not None:
         write_atomically(json_out, json.dumps(document, indent=2) + "\n")
         click.echo(f"verdict JSON: {json_out}")

@@ -315,3 +315,10 @@ def test_labels_and_monitor_judge_the_logged_month_against_the_versions_profile(
     assert document["verdict"] == "ok", document
     assert document["accuracy"]["rmse"] == pytest.approx(first_run["summary"]["gate"]["challenger_rmse"])
     assert not document["accuracy"]["degraded"] and document["accuracy"]["label_coverage"] == 1.0
+    # ... and the window is a finished run in the monitoring experiment, tagged with its version.
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(f"{settings.experiment}-monitoring")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["model_version"] == champion.version and run.data.tags["verdict"] == "ok"
+    assert run.data.metrics["rmse"] == pytest.approx(document["accuracy"]["rmse"])
+    assert run.info.status == "FINISHED"

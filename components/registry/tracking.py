@@ -140,3 +140,47 @@ def log_run_values(
 def _param_text(value: Any) -> str:
     # MLflow caps a param value at 6000 characters; ours are short, but never fail a run on it.
     return str(value)[:6000]
+
+
+MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
+
+
+def log_monitor_verdict(
+    tracking_uri: str,
+    experiment: str,
+    verdict: Mapping[str, Any],
+    artifact_location: str | None = None,
+) -> str:
+    """One finished run in ``<experiment>-monitoring`` per monitored window; returns its id.
+
+    Tagged with the model version and the verdict (so the MLflow UI lists a version's
+    windows); the effects, RMSE and coverage as metrics; the verdict JSON as an artifact.
+    """
+    import json
+
+    client = client_for(tracking_uri)
+    experiment_id = ensure_experiment(
+        tracking_uri, experiment + MONITORING_EXPERIMENT_SUFFIX, artifact_location
+    )
+    window, accuracy = verdict["window"], verdict["accuracy"]
+    run = client.create_run(
+        experiment_id,
+        run_name=f"v{verdict['model_version']} {window['start']}..{window['end']}",
+        tags={
+            "model_version": str(verdict["model_version"]),
+            "verdict": str(verdict["verdict"]),
+            "window_start": str(window["start"]),
+            "window_end": str(window["end"]),
+        },
+    )
+    metrics = {"predictions": window["predictions"], "labelled": window["labelled"]}
+    metrics.update(
+        {f"{name}_effect": f["effect"] for name, f in verdict["drift"].get("features", {}).items()}
+    )
+    if accuracy.get("rmse") is not None:
+        metrics.update({"rmse": accuracy["rmse"], "baseline_rmse": accuracy["baseline_rmse"]})
+    metrics["label_coverage"] = accuracy["label_coverage"]
+    log_run_values(tracking_uri, run.info.run_id, metrics=metrics)
+    client.log_text(run.info.run_id, json.dumps(verdict, indent=2), "monitor.json")
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
