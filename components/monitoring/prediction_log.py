@@ -122,6 +122,8 @@ class _Batch:
 
 
 _STOP: Final = object()
+# How often the writer thread looks at the queue (at most; flush_seconds if shorter).
+_TICK_SECONDS: Final = 0.1
 
 
 class PredictionLogWriter:
@@ -220,24 +222,29 @@ class PredictionLogWriter:
         pending: list[_Batch] = []
         rows = size = 0
         deadline = 0.0
+        tick = min(_TICK_SECONDS, self.flush_seconds)
         while True:
-            timeout = max(0.0, deadline - time.monotonic()) if pending else self.flush_seconds
-            stop = False
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-                stop = self._closed.is_set() and self._queue.empty()
-            if item is _STOP:
-                stop = True
-            elif item is not None:
+            # Wake a few times a second (or at close) and take whatever has queued up, instead of
+            # once per record: a wake-up per answered request made every request pay a hand-over
+            # of the interpreter lock to this thread (measured: 86% of unlogged throughput).
+            stop = self._closed.wait(tick)
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    continue
                 if not pending:
                     deadline = time.monotonic() + self.flush_seconds
                 pending.append(item)
                 rows += item.rows
                 size += item.approx_bytes()
-            due = rows >= self.max_rows or size >= self.max_bytes or time.monotonic() >= deadline
-            if pending and (stop or due):
+                if rows >= self.max_rows or size >= self.max_bytes:
+                    self._flush(pending, rows)
+                    pending, rows, size = [], 0, 0
+            if pending and (stop or time.monotonic() >= deadline):
                 self._flush(pending, rows)
                 pending, rows, size = [], 0, 0
             if stop:
