@@ -152,9 +152,29 @@ def bench_months(spec: dict[str, Any], out: Path) -> tuple[Path, str]:
     return generated, f"GENERATED ({spec['generated_rows']} rows/month; real files absent from --data-dir)"
 
 
+def sample_rides(trips: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """Up to ``n`` acceptable rides of cleaned ``trips`` (a DataFrame) in a seeded random order, as JSON
+    numbers (ids are strings in the cleaned frame)."""
+    import numpy as np  # in the child processes only: the parent never loads the science stack
+
+    rng = np.random.default_rng(seed)
+    rides: list[dict[str, Any]] = []
+    for i in rng.permutation(len(trips)):
+        row = trips.iloc[int(i)]
+        ride = {
+            "PULocationID": int(row["PULocationID"]),
+            "DOLocationID": int(row["DOLocationID"]),
+            "trip_distance": float(row["trip_distance"]),
+        }
+        if _acceptable(ride):
+            rides.append(ride)
+        if len(rides) >= n:
+            break
+    return rides
+
+
 def child_build(spec: dict[str, Any]) -> None:
     """Train, save the model, sample request rides; print RESULT {...}."""
-    import numpy as np
     import pandas as pd
 
     from components.data.ingest import load_month
@@ -171,20 +191,8 @@ def child_build(spec: dict[str, Any]) -> None:
     sha256 = model.save(out / MODEL_FILE)
     build_s = time.perf_counter() - started
 
-    # Request bodies: real validation rides, as JSON numbers (ids are strings in the cleaned frame).
-    rng = np.random.default_rng(spec["seed"])
-    rides: list[dict[str, Any]] = []
-    for i in rng.permutation(len(val)):
-        row = val.iloc[int(i)]
-        ride = {
-            "PULocationID": int(row["PULocationID"]),
-            "DOLocationID": int(row["DOLocationID"]),
-            "trip_distance": float(row["trip_distance"]),
-        }
-        if _acceptable(ride):
-            rides.append(ride)
-        if len(rides) >= spec["n_rides"]:
-            break
+    # Request bodies: real validation rides.
+    rides = sample_rides(val, spec["n_rides"], spec["seed"])
     expected = model.predict(pd.DataFrame(rides, columns=list(FIELDS))).tolist()
     info = {
         "path": str(out / MODEL_FILE),

@@ -92,7 +92,6 @@ from bench_serving import (
     TRAIN_MONTH,
     VAL_MONTH,
     Processes,
-    _acceptable,
     _child_env,
     _free_port,
     _GcPauses,
@@ -102,6 +101,7 @@ from bench_serving import (
     _progress,
     _run_async,
     bench_months,
+    sample_rides,
 )
 
 MODEL_FILE = "trip_duration_model.zip"
@@ -140,7 +140,6 @@ def _revision_overrides(candidate: str) -> list[dict[str, Any]]:
 
 def child_build(spec: dict[str, Any]) -> None:
     """Fit two revisions, save them, sample request rides with each model's minutes; print RESULT."""
-    import numpy as np
     import pandas as pd
 
     from components.data.ingest import load_month
@@ -153,19 +152,7 @@ def child_build(spec: dict[str, Any]) -> None:
     val, _ = load_month(COLOR, VAL_MONTH, data_dir=data_dir)
     vectorizer, train_matrix, val_matrix = vectorize_trips(train, val)
 
-    rng = np.random.default_rng(spec["seed"])
-    rides: list[dict[str, Any]] = []
-    for i in rng.permutation(len(val)):
-        row = val.iloc[int(i)]
-        ride = {
-            "PULocationID": int(row["PULocationID"]),
-            "DOLocationID": int(row["DOLocationID"]),
-            "trip_distance": float(row["trip_distance"]),
-        }
-        if _acceptable(ride):
-            rides.append(ride)
-        if len(rides) >= spec["n_rides"]:
-            break
+    rides = sample_rides(val, spec["n_rides"], spec["seed"])
     frame = pd.DataFrame(rides, columns=list(FIELDS))
 
     revisions = []
