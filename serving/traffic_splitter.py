@@ -266,33 +266,12 @@ class TrafficSplitter:
     def metrics_text(self) -> str:
         """Prometheus text exposition of the same counters."""
         table = self._routes
-        lines = [
-            "# HELP taxi_splitter_requests_total Requests forwarded to a revision.",
-            "# TYPE taxi_splitter_requests_total counter",
-        ]
         items = list(self._counters.items())
-        for (role, version), counters in items:
-            lines.append(f"taxi_splitter_requests_total{{{_labels(role, version)}}} {counters.requests}")
-        lines += [
-            "# HELP taxi_splitter_errors_total Upstream 5xx answers, unreachable upstreams and timeouts.",
-            "# TYPE taxi_splitter_errors_total counter",
-        ]
-        for (role, version), counters in items:
-            lines.append(f"taxi_splitter_errors_total{{{_labels(role, version)}}} {counters.errors}")
-        lines += [
-            "# HELP taxi_splitter_client_errors_total Upstream 4xx answers (passed through).",
-            "# TYPE taxi_splitter_client_errors_total counter",
-        ]
-        for (role, version), counters in items:
-            lines.append(
-                f"taxi_splitter_client_errors_total{{{_labels(role, version)}}} {counters.client_errors}"
-            )
-        lines += [
-            "# HELP taxi_splitter_failovers_total Requests a revision could not take, answered by the other.",
-            "# TYPE taxi_splitter_failovers_total counter",
-        ]
-        for (role, version), counters in items:
-            lines.append(f"taxi_splitter_failovers_total{{{_labels(role, version)}}} {counters.failovers}")
+        lines: list[str] = []
+        for name, help_text, count_of in _REVISION_COUNTERS:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            for (role, version), counters in items:
+                lines.append(f"{name}{{{_labels(role, version)}}} {count_of(counters)}")
         lines += [
             "# HELP taxi_splitter_revision_healthy 1 when a routed revision's predictor is reachable.",
             "# TYPE taxi_splitter_revision_healthy gauge",
@@ -541,6 +520,27 @@ def _allowed_methods(path: str) -> tuple[str, ...] | None:
     if path in ("/status", "/metrics", "/healthz"):
         return READ_METHODS
     return None
+
+
+# The per-revision counters of /metrics: name, help, and where each revision's count lives.
+_REVISION_COUNTERS: tuple[tuple[str, str, Callable[[RevisionCounters], int]], ...] = (
+    ("taxi_splitter_requests_total", "Requests forwarded to a revision.", lambda c: c.requests),
+    (
+        "taxi_splitter_errors_total",
+        "Upstream 5xx answers, unreachable upstreams and timeouts.",
+        lambda c: c.errors,
+    ),
+    (
+        "taxi_splitter_client_errors_total",
+        "Upstream 4xx answers (passed through).",
+        lambda c: c.client_errors,
+    ),
+    (
+        "taxi_splitter_failovers_total",
+        "Requests a revision could not take, answered by the other.",
+        lambda c: c.failovers,
+    ),
+)
 
 
 def _labels(role: str, version: str) -> str:
