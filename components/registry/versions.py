@@ -82,22 +82,13 @@ def fetch_model_file(
     tracking_uri: str, version: ModelVersion, alias: str = "", dest_dir: Path | None = None
 ) -> RegisteredModelFile:
     """Download a version's model file and check it against the sha256 recorded at registration."""
-    import mlflow.artifacts
-
     expected = version.tags.get(SHA256_TAG)
     if not expected:
         raise ModelIntegrityError(
             f"model {version.name} version {version.version} has no {SHA256_TAG} tag; "
             "refusing to load an unverifiable model file"
         )
-    target = dest_dir or Path(tempfile.mkdtemp(prefix="taxi-mlops-model-"))
-    client_for(tracking_uri)  # models:/ URIs resolve through the process's registry URI
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{version.name}/{version.version}",
-        dst_path=str(target),
-        tracking_uri=tracking_uri,
-    )
-    path = Path(local) / "artifacts" / MODEL_FILE_NAME
+    path = _download(tracking_uri, version, "", dest_dir, "taxi-mlops-model-") / "artifacts" / MODEL_FILE_NAME
     if not path.is_file():
         raise ModelIntegrityError(
             f"model {version.name} version {version.version} has no artifacts/{MODEL_FILE_NAME}"
@@ -109,25 +100,35 @@ def fetch_reference_profile(
     tracking_uri: str, version: ModelVersion, dest_dir: Path | None = None
 ) -> ReferenceProfile:
     """A version's reference profile, checked against the sha256 recorded at registration."""
-    import mlflow.artifacts
-
     expected = version.tags.get(PROFILE_SHA256_TAG)
     where = f"model {version.name} version {version.version}"
     if not expected:
         raise ProfileError(
             f"{where} has no {PROFILE_SHA256_TAG} tag (registered without a reference profile)"
         )
-    target = dest_dir or Path(tempfile.mkdtemp(prefix="taxi-mlops-profile-"))
-    client_for(tracking_uri)  # models:/ URIs resolve through the process's registry URI
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{version.name}/{version.version}/artifacts/{PROFILE_FILE_NAME}",
-        dst_path=str(target),
-        tracking_uri=tracking_uri,
+    local = _download(
+        tracking_uri, version, f"/artifacts/{PROFILE_FILE_NAME}", dest_dir, "taxi-mlops-profile-"
     )
     actual = file_sha256(local)
     if actual != expected.lower():
         raise ProfileError(f"{where}: {PROFILE_FILE_NAME} sha256 {actual} is not the recorded {expected}")
     return load_profile(local)
+
+
+def _download(
+    tracking_uri: str, version: ModelVersion, subpath: str, dest_dir: Path | None, prefix: str
+) -> Path:
+    """``models:/<name>/<version><subpath>`` downloaded into ``dest_dir`` (default: a new temp dir)."""
+    import mlflow.artifacts
+
+    target = dest_dir or Path(tempfile.mkdtemp(prefix=prefix))
+    client_for(tracking_uri)  # models:/ URIs resolve through the process's registry URI
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{version.name}/{version.version}{subpath}",
+        dst_path=str(target),
+        tracking_uri=tracking_uri,
+    )
+    return Path(local)
 
 
 def champion_model(
