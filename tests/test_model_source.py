@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from support.model_fixtures import fit_fixture_model
+from support.model_fixtures import client_records, fit_fixture_model
 from support.s3_server import upload_object
 
 from components.errors import ModelIntegrityError
@@ -51,11 +51,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def _records(built: Built, n: int = 15) -> list[dict[str, object]]:
-    head = built.trips.head(n)
-    return [
-        {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(d)}
-        for pu, do, d in zip(head["PULocationID"], head["DOLocationID"], head["trip_distance"], strict=True)
-    ]
+    return client_records(built.trips, n)
 
 
 def _assert_same_model(loaded: TripDurationModel, built: Built) -> None:

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import requests
-from support.model_fixtures import fit_fixture_model
+from support.model_fixtures import client_records, fit_fixture_model
 from support.predictor_process import Server, free_port, launch_predictor, stop_processes, wait_ready
 
 from components.models.duration_model import MODEL_FILE_NAME
@@ -234,11 +234,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     model, _, validation = fit_fixture_model(tmp_path_factory.mktemp("tlc"))
     folder = tmp_path_factory.mktemp("model")
     sha256 = model.save(folder / MODEL_FILE_NAME)
-    head = validation.head(20)
-    records = [
-        {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(d)}
-        for pu, do, d in zip(head["PULocationID"], head["DOLocationID"], head["trip_distance"], strict=True)
-    ]
+    records = client_records(validation)
     return Built(folder, sha256, records)
 
 

@@ -53,3 +53,12 @@ def profiled_ridge(tlc_dir: Path) -> tuple[TripDurationModel, ReferenceProfile, 
     vectorizer, train, validation = vectorize_trips(train_trips, val_trips)
     model, _ = fit_candidate("ridge", None, vectorizer, train, validation)
     return model, build_reference_profile(model, train_trips, val_trips), val_trips
+
+
+def client_records(trips: pd.DataFrame, n: int = 20) -> list[dict[str, Any]]:
+    """The first ``n`` cleaned trips as a client sends them: integer zone ids, float miles."""
+    head = trips.head(n)
+    return [
+        {"PULocationID": int(pu), "DOLocationID": int(do), "trip_distance": float(d)}
+        for pu, do, d in zip(head["PULocationID"], head["DOLocationID"], head["trip_distance"], strict=True)
+    ]
