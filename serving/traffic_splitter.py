@@ -48,6 +48,7 @@ import uvicorn
 import yarl
 
 from serving.deployment_state import DeploymentState, Revision
+from serving.error_responses import POST_ONLY_SUFFIXES
 from serving.revision_health import RevisionHealth
 
 CHAMPION = "champion"
@@ -55,8 +56,8 @@ CANARY = "canary"
 REVISION_HEADER = "x-taxi-revision"
 VERSION_HEADER = "x-model-version"
 PROXIED_PREFIXES = ("/v1/", "/v2/")
-#: Predict / explain / infer paths (by suffix) take POST only; every other path GET or HEAD.
-POST_ONLY_SUFFIXES = (":predict", ":explain", "/infer")
+# Predict / explain / infer paths (by suffix: POST_ONLY_SUFFIXES, the predictor's own rule) take POST
+# only; every other path GET or HEAD.
 READ_METHODS = ("GET", "HEAD")
 #: The predictor refuses batches over 10,000 trips; 10,000 v1 instances with long keys are ~1.5 MB.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
