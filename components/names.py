@@ -34,3 +34,9 @@ MODEL_STORE_URI: Final = f"s3://models/{REGISTERED_MODEL_NAME}"
 # prediction log (serving/local_stack.py) and the labels joined to it (taxi-mlops labels).
 PREDICTION_LOG_DIR_NAME: Final = "prediction-log"
 LABELS_DIR_NAME: Final = "labels"
+# HTTP headers of the serving contract: the client, the traffic splitter and the predictor speak them.
+MODEL_VERSION_HEADER: Final = "x-model-version"  # on every answer: the version that answered
+REVISION_HEADER: Final = "x-taxi-revision"  # champion or canary, stamped by the splitter
+REQUEST_ID_HEADER: Final = "x-request-id"  # the client's id for the request (echoed, logged)
+CLOUDEVENT_ID_HEADER: Final = "ce-id"  # CloudEvents binary mode: the event id names the request too
+EVENT_TIME_HEADER: Final = "x-event-time"  # ISO 8601 event time (a replay's pickup time)

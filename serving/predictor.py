@@ -45,7 +45,14 @@ from components.monitoring.prediction_log import (
     PredictionLogError,
     PredictionLogWriter,
 )
-from components.names import SERVED_MODEL_NAME
+from components.names import (
+    CLOUDEVENT_ID_HEADER,
+    EVENT_TIME_HEADER,
+    MODEL_VERSION_HEADER,
+    REQUEST_ID_HEADER,
+    REVISION_HEADER,
+    SERVED_MODEL_NAME,
+)
 from serving.model_source import ModelRecord, load_model
 from serving.pair_lookup import PairLookup, PairLookupError
 from serving.trip_request import (
@@ -58,13 +65,6 @@ from serving.trip_request import (
 
 #: The one v2 output: trip duration in minutes, FP64, shape [n].
 OUTPUT_NAME: Final = "duration"
-MODEL_VERSION_HEADER: Final = "x-model-version"
-REQUEST_ID_HEADER: Final = "x-request-id"
-#: CloudEvents binary mode carries the event id here; it names the request as well as x-request-id.
-CLOUDEVENT_ID_HEADER: Final = "ce-id"
-EVENT_TIME_HEADER: Final = "x-event-time"
-#: Stamped on the forwarded request by the traffic splitter: champion or canary.
-REVISION_HEADER: Final = "x-taxi-revision"
 #: A client's id is logged and echoed; bounded so one header cannot bloat every log row.
 MAX_REQUEST_ID_CHARS: Final = 200
 

@@ -23,10 +23,9 @@ import httpx
 import pandas as pd
 
 from components.errors import TaxiMlopsError
+from components.names import EVENT_TIME_HEADER, REQUEST_ID_HEADER
 
 PREDICT_PATH = "/v1/models/duration:predict"
-REQUEST_ID_HEADER = "x-request-id"
-EVENT_TIME_HEADER = "x-event-time"
 
 
 class ReplayError(TaxiMlopsError, ValueError):

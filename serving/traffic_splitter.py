@@ -47,14 +47,13 @@ import aiohttp
 import uvicorn
 import yarl
 
+from components.names import MODEL_VERSION_HEADER, REVISION_HEADER
 from serving.deployment_state import DeploymentState, Revision
 from serving.error_responses import POST_ONLY_SUFFIXES
 from serving.revision_health import RevisionHealth
 
 CHAMPION = "champion"
 CANARY = "canary"
-REVISION_HEADER = "x-taxi-revision"
-VERSION_HEADER = "x-model-version"
 PROXIED_PREFIXES = ("/v1/", "/v2/")
 # Predict / explain / infer paths (by suffix: POST_ONLY_SUFFIXES, the predictor's own rule) take POST
 # only; every other path GET or HEAD.
@@ -87,7 +86,7 @@ _HOP_BY_HOP = frozenset(
 # A client's own x-taxi-revision is dropped: only the splitter says which revision answers.
 _DROP_FROM_REQUEST = _HOP_BY_HOP | {"host", REVISION_HEADER}
 # The splitter's own stamp is authoritative (a predictor may send x-model-version itself).
-_DROP_FROM_RESPONSE = _HOP_BY_HOP | {REVISION_HEADER, VERSION_HEADER}
+_DROP_FROM_RESPONSE = _HOP_BY_HOP | {REVISION_HEADER, MODEL_VERSION_HEADER}
 
 
 @dataclass(frozen=True)
@@ -417,7 +416,7 @@ class TrafficSplitter:
                 outcome = await self._forward(route, request)
         stamp = [
             (REVISION_HEADER.encode(), route.role.encode()),
-            (VERSION_HEADER.encode(), route.revision.model_version.encode()),
+            (MODEL_VERSION_HEADER.encode(), route.revision.model_version.encode()),
         ]
         self._counters_for(route).record(outcome.status, outcome.latency_ms)
         if outcome.problem:
