@@ -34,6 +34,13 @@ MODEL_STORE_URI: Final = f"s3://models/{REGISTERED_MODEL_NAME}"
 # prediction log (serving/local_stack.py) and the labels joined to it (taxi-mlops labels).
 PREDICTION_LOG_DIR_NAME: Final = "prediction-log"
 LABELS_DIR_NAME: Final = "labels"
+#: The monitor's verdicts (latest.json + history.jsonl, components/monitoring/verdict_store.py).
+MONITOR_DIR_NAME: Final = "monitor"
+# On a cluster the same three live in MinIO, in a bucket of their own (manifests/base/minio).
+MONITORING_BUCKET: Final = "monitoring"
+PREDICTION_LOG_URI: Final = f"s3://{MONITORING_BUCKET}/{PREDICTION_LOG_DIR_NAME}"
+LABELS_URI: Final = f"s3://{MONITORING_BUCKET}/{LABELS_DIR_NAME}"
+MONITOR_URI: Final = f"s3://{MONITORING_BUCKET}/{MONITOR_DIR_NAME}"
 # HTTP headers of the serving contract: the client, the traffic splitter and the predictor speak them.
 MODEL_VERSION_HEADER: Final = "x-model-version"  # on every answer: the version that answered
 REVISION_HEADER: Final = "x-taxi-revision"  # champion or canary, stamped by the splitter
