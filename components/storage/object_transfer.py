@@ -39,7 +39,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from components.errors import ModelIntegrityError, StorageError
 from components.storage.atomic_write import temp_file_beside
 from components.storage.checksums import file_sha256
-from components.storage.s3 import S3Connection, S3Location, S3UriError, parse_object_uri
+from components.storage.s3 import S3Connection, S3Location, S3UriError, parse_object_uri, parse_s3_uri
 
 SHA256_METADATA: Final = "sha256"  # stored as the x-amz-meta-sha256 header
 DEFAULT_ATTEMPTS: Final = 3
@@ -339,3 +339,87 @@ def _as_store_error(uri: str, exc: Exception) -> ObjectStoreError:
     if isinstance(exc, S3Error):
         return ObjectStoreError(uri, f"{exc.code} ({exc.message})", exc.code)
     return ObjectStoreError(uri, f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- prefixes
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object directly under a prefix, as listed (not yet checked: listing reads no body)."""
+
+    uri: str
+    name: str  # the part of the key after the prefix
+    size: int
+
+
+def list_prefix(
+    conn: S3Connection,
+    uri: str,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> list[ListedObject]:
+    """The objects directly under ``s3://bucket/prefix`` (not in sub-folders), in key order.
+
+    An empty or absent prefix is an empty list; an absent bucket is an ObjectStoreError
+    whose ``missing`` is True. The whole listing is one retried operation: a listing
+    cut between two pages is started again, never returned half.
+    """
+    try:
+        location = parse_s3_uri(uri)
+    except S3UriError as exc:
+        raise ObjectStoreError(uri, exc.problem) from None
+    prefix = f"{location.key}/" if location.key else ""
+    client = conn.client()
+
+    def attempt() -> list[ListedObject]:
+        listed = []
+        for item in client.list_objects(location.bucket, prefix=prefix, recursive=False):
+            if item.is_dir or not item.object_name:
+                continue
+            name = item.object_name.removeprefix(prefix)
+            listed.append(ListedObject(location.join(name).uri, name, int(item.size or 0)))
+        return sorted(listed, key=lambda listed_object: listed_object.name)
+
+    return _with_retries(attempt, uri=uri, endpoint=conn.endpoint, attempts=attempts, backoff=backoff)
+
+
+def download_prefix(
+    conn: S3Connection,
+    uri: str,
+    dest_dir: Path | str,
+    *,
+    pattern: str = "*",
+    require_sha256: bool = False,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> list[StoredObject]:
+    """Download every object directly under ``uri`` whose name matches ``pattern`` into ``dest_dir``.
+
+    Each file goes through :func:`download_file`: a file is either absent or checked
+    (size, and the recorded sha256 when the object has one). ``require_sha256=False``
+    by default because a prefix may hold objects other tools put there (``mc cp``)
+    without our metadata; an object that records a sha256 is always checked against it.
+    ``pattern`` is an ``fnmatch`` pattern on the name, e.g. ``part-*.parquet`` for the
+    prediction log's complete segments (never its ``.tmp`` writes in progress).
+    """
+    import fnmatch
+
+    target = Path(dest_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    for listed in list_prefix(conn, uri, attempts=attempts, backoff=backoff):
+        if not fnmatch.fnmatchcase(listed.name, pattern):
+            continue
+        fetched.append(
+            download_file(
+                conn,
+                listed.uri,
+                target / listed.name,
+                require_sha256=require_sha256,
+                attempts=attempts,
+                backoff=backoff,
+            )
+        )
+    return fetched
