@@ -21,15 +21,14 @@ Why it is built this way:
   so the same evaluation renders byte-identical reports.
 * Candidate names and hyperparameters come from pipeline parameters, i.e. from
   whoever submits the run, so every interpolated string is HTML-escaped.
+
+The page shell, the base styles, escaping and the SVG/PNG embedding are shared
+with the monitoring report through ``components/html_report/page.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,12 +37,25 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from components.html_report.page import (
+    BLUE,
+    FIGURE_CSS,
+    GREY,
+    PAGE_CSS,
+    PLOT_RC,
+    RED,
+    SVG_MAX_CHARS,
+    TABLE_CSS,
+    esc,
+    figure_markup,
+    fmt,
+    html_document,
+)
+
 #: Most points the predicted-vs-actual scatter draws (seeded sample of the rows).
 SCATTER_MAX_POINTS = 5_000
 #: Seed of the scatter sample, fixed so reports are reproducible.
 SCATTER_SEED = 20_210_201
-#: A plot whose SVG exceeds this many characters is embedded as a PNG instead.
-SVG_MAX_CHARS = 400_000
 #: Quantile range the plot axes are limited to, so a few extreme trips do not
 #: squash the bulk of the distribution into one corner.
 _AXIS_QUANTILES = (0.005, 0.995)
@@ -51,44 +63,8 @@ _AXIS_QUANTILES = (0.005, 0.995)
 _RESIDUAL_BINS = 30
 _MIN_TRIPS_PER_BIN = 20
 
-_BLUE = "#2563eb"
-_GREY = "#6b7280"
-_RED = "#dc2626"
-
-_PLOT_RC: dict[str, Any] = {
-    "svg.fonttype": "path",
-    "font.family": "DejaVu Sans",
-    "font.size": 9.0,
-    "axes.titlesize": 10.5,
-    "axes.titleweight": "bold",
-    "axes.titlelocation": "left",
-    "axes.labelsize": 9.0,
-    "axes.labelcolor": "#374151",
-    "axes.edgecolor": "#9ca3af",
-    "axes.linewidth": 0.8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "axes.axisbelow": True,
-    "grid.color": "#e5e7eb",
-    "grid.linewidth": 0.6,
-    "xtick.color": "#4b5563",
-    "ytick.color": "#4b5563",
-    "legend.frameon": False,
-    "legend.fontsize": 8.5,
-}
-
-_CSS = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
-body { margin: 0; padding: 24px; background: #f6f7f9; color: #1f2937;
-  font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; }
-h1 { font-size: 22px; margin: 0 0 4px; font-weight: 650; }
-h2 { font-size: 16px; margin: 28px 0 10px; font-weight: 600; }
-.context { color: #4b5563; margin: 0 0 18px; }
-.context span + span::before { content: "\\00b7"; margin: 0 8px; color: #9ca3af; }
-.context b { font-weight: 600; color: #374151; }
+#: The gate banner (between the page header and the candidates table).
+_GATE_CSS = """\
 .gate { border: 1px solid; border-left-width: 5px; border-radius: 8px; padding: 14px 18px; }
 .gate.passed { background: #ecfdf3; border-color: #abefc6; border-left-color: #17b26a; color: #054f31; }
 .gate.failed { background: #fef3f2; border-color: #fecdca; border-left-color: #f04438; color: #7a271a; }
@@ -97,23 +73,15 @@ h2 { font-size: 16px; margin: 28px 0 10px; font-weight: 600; }
 .gate dl { display: flex; flex-wrap: wrap; gap: 6px 28px; margin: 0; }
 .gate dt { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; opacity: .75; }
 .gate dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; }
-.card { background: #fff; border: 1px solid #e5e7eb; border-radius: 8px; }
-table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
-th, td { text-align: left; padding: 8px 12px; border-bottom: 1px solid #eef0f3; vertical-align: top; }
-th { font-size: 12px; font-weight: 600; color: #6b7280; text-transform: uppercase; letter-spacing: .04em; }
-td.num, th.num { text-align: right; white-space: nowrap; }
-tbody tr:last-child td { border-bottom: 0; }
+"""
+#: The winner's row in the candidates table.
+_WINNER_CSS = """\
 tr.winner td { background: #eff6ff; }
 tr.winner td:first-child { box-shadow: inset 4px 0 0 #2563eb; font-weight: 600; }
 .badge { display: inline-block; margin-left: 8px; padding: 0 7px; border-radius: 999px; font-size: 11px;
   font-weight: 600; background: #2563eb; color: #fff; vertical-align: 1px; }
-code { font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; color: #374151;
-  overflow-wrap: anywhere; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 16px; }
-figure { margin: 0; padding: 12px; }
-figure svg, figure img { display: block; width: 100%; height: auto; }
-figcaption, .note { color: #6b7280; font-size: 12.5px; margin-top: 6px; }
 """
+_CSS = PAGE_CSS + _GATE_CSS + TABLE_CSS + _WINNER_CSS + FIGURE_CSS
 
 
 def render_evaluation_report(
@@ -145,54 +113,19 @@ def render_evaluation_report(
 
     title = "Trip duration model evaluation"
     body = [
-        f"<h1>{_esc(title)}</h1>",
+        f"<h1>{esc(title)}</h1>",
         _context_html(context, truth.size),
         _gate_html(gate),
         "<h2>Candidates</h2>",
         _candidates_html(candidates, winner),
-        f"<h2>Winner on the validation month: {_esc(winner) or 'n/a'}</h2>",
+        f"<h2>Winner on the validation month: {esc(winner) or 'n/a'}</h2>",
         _plots_html(truth, prediction, dropped),
     ]
     page_title = " \u00b7 ".join([title, *(str(v) for v in context.values() if str(v))])
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{_esc(page_title)}</title>",
-            f"<style>{_CSS}</style>",
-            "</head>",
-            "<body>",
-            "<main>",
-            *body,
-            "</main>",
-            "</body>",
-            "</html>",
-            "",
-        ]
-    )
+    return html_document(page_title, _CSS, body)
 
 
 # --------------------------------------------------------------------------- HTML parts
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: object, spec: str) -> str:
-    """Format a number with ``spec``; missing or non-numeric values become ``n/a``."""
-    if value is None or isinstance(value, bool):
-        return "n/a"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return _esc(value)
-    if math.isnan(number):
-        return "n/a"
-    return format(number, spec)
 
 
 def _rmse_sort_key(candidate: Mapping[str, Any]) -> tuple[bool, float]:
@@ -205,7 +138,7 @@ def _rmse_sort_key(candidate: Mapping[str, Any]) -> tuple[bool, float]:
 
 def _context_html(context: Mapping[str, str], rows: int) -> str:
     items = [
-        f"<span><b>{_esc(str(key).replace('_', ' '))}:</b> {_esc(value)}</span>"
+        f"<span><b>{esc(str(key).replace('_', ' '))}:</b> {esc(value)}</span>"
         for key, value in context.items()
     ]
     items.append(f"<span><b>validation trips:</b> {rows:,}</span>")
@@ -218,21 +151,21 @@ def _gate_html(gate: Mapping[str, Any]) -> str:
     champion = gate.get("champion_rmse")
     version = gate.get("champion_version")
 
-    facts: list[tuple[str, str]] = [("Challenger RMSE", f"{_fmt(challenger, '.3f')} min")]
+    facts: list[tuple[str, str]] = [("Challenger RMSE", f"{fmt(challenger, '.3f')} min")]
     if champion is None:
         facts.append(("Champion RMSE", "no champion yet (first model)"))
     else:
-        facts.append(("Champion RMSE", f"{_fmt(champion, '.3f')} min"))
+        facts.append(("Champion RMSE", f"{fmt(champion, '.3f')} min"))
         if version is not None:
-            facts.append(("Champion version", _esc(version)))
+            facts.append(("Champion version", esc(version)))
         try:
             gain = float(champion) - float(challenger)
             relative = gain / float(champion) if float(champion) else math.nan
         except (TypeError, ValueError):
             gain = relative = math.nan
-        facts.append(("Improvement", f"{_fmt(gain, '+.3f')} min ({_fmt(relative * 100, '+.2f')} %)"))
+        facts.append(("Improvement", f"{fmt(gain, '+.3f')} min ({fmt(relative * 100, '+.2f')} %)"))
     # min_improvement is a fraction of the champion's RMSE (see components.evaluation.gate).
-    facts.append(("Required improvement", f"{_fmt(gate.get('min_improvement'), '.1%')} lower RMSE"))
+    facts.append(("Required improvement", f"{fmt(gate.get('min_improvement'), '.1%')} lower RMSE"))
 
     state = "passed" if passed else "failed"
     verdict = "Gate passed" if passed else "Gate failed"
@@ -240,7 +173,7 @@ def _gate_html(gate: Mapping[str, Any]) -> str:
     return (
         f'<section class="gate {state}" role="status">'
         f'<p class="verdict">{verdict}</p>'
-        f'<p class="reason">{_esc(gate.get("reason", "")) or "No reason given."}</p>'
+        f'<p class="reason">{esc(gate.get("reason", "")) or "No reason given."}</p>'
         f"<dl>{listing}</dl>"
         "</section>"
     )
@@ -256,11 +189,11 @@ def _candidates_html(candidates: Sequence[Mapping[str, Any]], winner: str) -> st
         row_class = ' class="winner"' if is_winner else ""
         rows.append(
             f"<tr{row_class}>"
-            f"<td>{_esc(name)}{badge}</td>"
-            f'<td class="num">{_fmt(candidate.get("rmse"), ".3f")}</td>'
-            f'<td class="num">{_fmt(candidate.get("mae"), ".3f")}</td>'
-            f'<td class="num">{_fmt(candidate.get("train_seconds"), ".1f")}</td>'
-            f"<td><code>{_esc(_params_text(params))}</code></td>"
+            f"<td>{esc(name)}{badge}</td>"
+            f'<td class="num">{fmt(candidate.get("rmse"), ".3f")}</td>'
+            f'<td class="num">{fmt(candidate.get("mae"), ".3f")}</td>'
+            f'<td class="num">{fmt(candidate.get("train_seconds"), ".1f")}</td>'
+            f"<td><code>{esc(_params_text(params))}</code></td>"
             "</tr>"
         )
     if not rows:
@@ -298,7 +231,7 @@ def _plots_html(truth: np.ndarray, prediction: np.ndarray, dropped: int) -> str:
         notes.append(f"{dropped:,} rows with a missing or non-finite value are left out.")
     if truth.size == 0:
         notes.append("No validation rows to plot.")
-        return "".join(f'<p class="note">{_esc(note)}</p>' for note in notes)
+        return "".join(f'<p class="note">{esc(note)}</p>' for note in notes)
 
     residual = prediction - truth
     scatter, scatter_caption = _scatter_figure(truth, prediction)
@@ -315,16 +248,18 @@ def _plots_html(truth: np.ndarray, prediction: np.ndarray, dropped: int) -> str:
             f"Trips binned by actual duration; bins with fewer than {_MIN_TRIPS_PER_BIN} trips are omitted.",
         ),
     ]
+    # SVG_MAX_CHARS is read here, at render time, so a test can lower it on this module.
     figures = "".join(
-        f'<figure class="card">{_figure_markup(fig, key)}<figcaption>{_esc(caption)}</figcaption></figure>'
+        f'<figure class="card">{figure_markup(fig, key, SVG_MAX_CHARS)}'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
         for fig, key, caption in panels
     )
-    note_html = "".join(f'<p class="note">{_esc(note)}</p>' for note in notes)
+    note_html = "".join(f'<p class="note">{esc(note)}</p>' for note in notes)
     return f'<div class="plots">{figures}</div>{note_html}'
 
 
 def _new_figure(width: float = 5.6, height: float = 4.2) -> Figure:
-    with matplotlib.rc_context(_PLOT_RC):
+    with matplotlib.rc_context(PLOT_RC):
         fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -351,7 +286,7 @@ def _scatter_figure(truth: np.ndarray, prediction: np.ndarray) -> tuple[Figure, 
     low, high = _axis_range(truth, prediction)
     low = min(low, 0.0)
 
-    with matplotlib.rc_context(_PLOT_RC):
+    with matplotlib.rc_context(PLOT_RC):
         fig = _new_figure()
         ax = fig.add_subplot()
         ax.scatter(
@@ -359,11 +294,11 @@ def _scatter_figure(truth: np.ndarray, prediction: np.ndarray) -> tuple[Figure, 
             sample_pred,
             s=5,
             alpha=0.3,
-            color=_BLUE,
+            color=BLUE,
             linewidths=0,
             rasterized=True,
         )
-        ax.plot([low, high], [low, high], color=_RED, linewidth=1.2, label="y = x (perfect prediction)")
+        ax.plot([low, high], [low, high], color=RED, linewidth=1.2, label="y = x (perfect prediction)")
         ax.set_xlim(low, high)
         ax.set_ylim(low, high)
         ax.set_xlabel("actual duration (min)")
@@ -379,13 +314,13 @@ def _residual_histogram_figure(residual: np.ndarray) -> Figure:
     low, high = _axis_range(residual)
     counts, edges = np.histogram(residual, bins=80, range=(low, high))
 
-    with matplotlib.rc_context(_PLOT_RC):
+    with matplotlib.rc_context(PLOT_RC):
         fig = _new_figure()
         ax = fig.add_subplot()
-        ax.stairs(counts, edges, fill=True, color=_BLUE, alpha=0.75, linewidth=0)
-        ax.axvline(0.0, color=_GREY, linewidth=1.0, linestyle=":", label="zero")
-        ax.axvline(mean, color=_RED, linewidth=1.2, label="mean")
-        ax.axvspan(mean - std, mean + std, color=_RED, alpha=0.07, linewidth=0, label="\u00b11 std")
+        ax.stairs(counts, edges, fill=True, color=BLUE, alpha=0.75, linewidth=0)
+        ax.axvline(0.0, color=GREY, linewidth=1.0, linestyle=":", label="zero")
+        ax.axvline(mean, color=RED, linewidth=1.2, label="mean")
+        ax.axvspan(mean - std, mean + std, color=RED, alpha=0.07, linewidth=0, label="\u00b11 std")
         ax.text(
             0.98,
             0.96,
@@ -421,48 +356,19 @@ def _residual_by_actual_figure(truth: np.ndarray, residual: np.ndarray) -> Figur
         std = np.sqrt(np.maximum(squares / counts - mean * mean, 0.0))
     centers = (edges[:-1] + edges[1:]) / 2
 
-    with matplotlib.rc_context(_PLOT_RC):
+    with matplotlib.rc_context(PLOT_RC):
         fig = _new_figure()
         ax = fig.add_subplot()
-        ax.axhline(0.0, color=_GREY, linewidth=1.0, linestyle=":")
+        ax.axhline(0.0, color=GREY, linewidth=1.0, linestyle=":")
         if keep.any():
             x, m, s = centers[keep], mean[keep], std[keep]
-            ax.fill_between(x, m - s, m + s, color=_BLUE, alpha=0.15, linewidth=0, label="mean \u00b1 1 std")
-            ax.plot(x, m, color=_BLUE, linewidth=1.6, marker="o", markersize=3, label="mean residual")
+            ax.fill_between(x, m - s, m + s, color=BLUE, alpha=0.15, linewidth=0, label="mean \u00b1 1 std")
+            ax.plot(x, m, color=BLUE, linewidth=1.6, marker="o", markersize=3, label="mean residual")
             ax.legend(loc="upper right")
         else:
-            ax.text(0.5, 0.5, "too few trips per bin", transform=ax.transAxes, ha="center", color=_GREY)
+            ax.text(0.5, 0.5, "too few trips per bin", transform=ax.transAxes, ha="center", color=GREY)
         ax.set_xlim(low, high)
         ax.set_xlabel("actual duration (min)")
         ax.set_ylabel("residual: predicted \u2212 actual (min)")
         ax.set_title("Residuals vs actual duration")
     return fig
-
-
-_SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
-_SVG_ID = re.compile(r'(\sid=)"')
-_SVG_ID_REF = re.compile(r'(href="#|url\(#)')
-
-
-def _figure_markup(fig: Figure, key: str) -> str:
-    """Inline SVG for ``fig``, or a base64 PNG ``<img>`` when the SVG is too large.
-
-    ``key`` (short, fixed per plot) salts the SVG id hashes, so ids are
-    deterministic, and prefixes every id, so the page's inline SVGs cannot clash.
-    """
-    buffer = io.BytesIO()
-    with matplotlib.rc_context({**_PLOT_RC, "svg.hashsalt": f"taxi-report-{key}"}):
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    svg = buffer.getvalue().decode("utf-8")
-    svg = _SVG_METADATA.sub("", svg[svg.index("<svg") :]).strip()
-    # Several SVGs share one HTML id namespace: give this plot's ids its own prefix.
-    svg = _SVG_ID.sub(lambda m: f'{m[1]}"{key}-', svg)
-    svg = _SVG_ID_REF.sub(lambda m: f"{m[1]}{key}-", svg)
-    if len(svg) <= SVG_MAX_CHARS:
-        return svg
-    buffer = io.BytesIO()
-    with matplotlib.rc_context(_PLOT_RC):
-        fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    alt = fig.axes[0].get_title() if fig.axes else "plot"
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'

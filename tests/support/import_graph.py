@@ -24,6 +24,7 @@ FORBIDDEN_THIRD_PARTY = {"components": ("kfp",), "serving": ("kfp",)}
 ROOM_LAYERS: Mapping[str, int] = {
     "": 0,
     "storage": 1,
+    "html_report": 1,
     "features": 2,
     "models": 3,
     "data": 4,

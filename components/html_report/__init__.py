@@ -1,0 +1,1 @@
+"""Self-contained HTML pages with inline plots: the base the evaluation and monitoring reports stand on."""
