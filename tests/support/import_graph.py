@@ -30,6 +30,7 @@ ROOM_LAYERS: Mapping[str, int] = {
     "data": 4,
     "evaluation": 4,
     "monitoring": 4,
+    "canary": 4,
     "registry": 5,
 }
 
