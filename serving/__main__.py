@@ -63,7 +63,7 @@ from components.errors import TaxiMlopsError
 from components.names import SERVED_MODEL_NAME
 from serving import error_responses
 from serving.model_source import normalize_sha256
-from serving.predictor import ModelSpec, TripDurationPredictor
+from serving.predictor import ModelSpec, TripDurationPredictor, install_request_metrics
 from serving.trip_request import DEFAULT_MAX_BATCH_ROWS, RequestLimits, TripDataPlane
 
 EXIT_LOAD_FAILED = 1
@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before start(): the REST (and gRPC) server take the data plane from here.
     server.dataplane = TripDataPlane(model_registry=server.registered_models)
     error_responses.install(kserve.model_server.app)
+    install_request_metrics(kserve.model_server.app, model)  # outermost of ours: it sees every status
     try:
         server.start([model])
     finally:

@@ -582,6 +582,99 @@ def test_metrics_are_labelled_with_the_model_version(servers: dict[str, Server],
         assert f'model_version="{other}"' not in after
 
 
+def test_inference_requests_are_counted_by_status_class_and_timed_whole(champion: Server, built: Built):
+    """The series the 5xx-rate and p99 alert rules read: only inference paths count, by status class."""
+    labels = {"model_name": "duration", "model_version": "3"}
+    counted = "trip_duration_http_requests_total"
+    before = requests.get(f"{champion.url}/metrics", timeout=5).text
+    assert _post(champion, V1, {"instances": built.records[:4]}).status_code == 200
+    assert _post(champion, V2, _v2_body(built.records[:2])).status_code == 200
+    assert _post(champion, V1, {"instances": []}).status_code == 400
+    assert requests.get(f"{champion.url}{V1}", timeout=5).status_code == 405  # PostOnlyPaths, inside us
+    for probe in ("/v2/health/ready", "/v2/models/duration/ready", "/metrics"):  # not traffic
+        assert requests.get(f"{champion.url}{probe}", timeout=5).status_code == 200
+    after = requests.get(f"{champion.url}/metrics", timeout=5).text
+
+    def delta(name: str, **extra: str) -> float:
+        return _metric(after, name, **labels, **extra) - _metric(before, name, **labels, **extra)
+
+    assert delta(counted, status_class="2xx") == 2
+    assert delta(counted, status_class="4xx") == 2
+    assert delta(counted, status_class="5xx") == 0
+    assert _metric(after, counted, **labels, status_class="5xx") == 0  # exists before the first 5xx
+    assert delta("trip_duration_http_request_seconds_count") == 4
+    assert delta("trip_duration_http_request_seconds_sum") > 0
+    assert _metric(after, "trip_duration_http_request_seconds_bucket", **labels, le="+Inf") >= 4
+
+
+def test_a_request_that_raises_counts_as_5xx_and_a_cancelled_one_not_at_all():
+    """The middleware under Starlette's own error handling, in process (a real predictor cannot be
+    made to raise on demand): a handler that raises is a 5xx (Starlette's outermost error
+    middleware writes the 500 after we see the exception), and 2xx/4xx are counted as answered."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from serving.predictor import HTTP_LATENCY, HTTP_REQUESTS, InferenceRequestMetrics
+
+    async def boom(_request: object) -> JSONResponse:
+        raise RuntimeError("model exploded")
+
+    async def fine(_request: object) -> JSONResponse:
+        return JSONResponse({"predictions": [1.0]})
+
+    async def refused(_request: object) -> JSONResponse:
+        return JSONResponse({"error": "no"}, status_code=400)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/models/boom:predict", boom, methods=["POST"]),
+            Route("/v1/models/fine:predict", fine, methods=["POST"]),
+            Route("/v1/models/refused:predict", refused, methods=["POST"]),
+            Route("/v2/health/ready", fine),
+        ]
+    )
+    app.add_middleware(InferenceRequestMetrics, model_name="duration", model_version="raises-test")
+
+    def value(status_class: str) -> float:
+        return HTTP_REQUESTS.labels("duration", "raises-test", status_class)._value.get()
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [
+                (await client.post(path)).status_code
+                for path in (
+                    "/v1/models/boom:predict",
+                    "/v1/models/fine:predict",
+                    "/v1/models/refused:predict",
+                    "/v1/models/boom:predict",
+                )
+            ] + [(await client.get("/v2/health/ready")).status_code]
+
+    assert asyncio.run(run()) == [500, 200, 400, 500, 200]
+    assert (value("2xx"), value("4xx"), value("5xx")) == (1, 1, 2)
+    assert HTTP_LATENCY.labels("duration", "raises-test")._sum.get() > 0
+
+    async def cancelled() -> None:
+        async def never_answers(_scope: object, _receive: object, _send: object) -> None:
+            await asyncio.sleep(10)
+
+        middleware = InferenceRequestMetrics(never_answers, "duration", "cancel-test")
+        task = asyncio.create_task(middleware({"type": "http", "path": "/v1/models/x:predict"}, None, None))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    counts = [HTTP_REQUESTS.labels("duration", "cancel-test", c)._value.get() for c in ("2xx", "4xx", "5xx")]
+    assert counts == [0, 0, 0]
+
+
 def test_one_log_line_per_request(champion: Server, built: Built):
     before = champion.log_lines()
     calls = [
