@@ -96,9 +96,20 @@ def deploy_version(target: ClusterTarget, version: str, canary_percent: int) -> 
 
 
 def promote_canary(target: ClusterTarget) -> Transition:
-    """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared."""
-    transition = _change(target, promote, lambda rv: isvc_body.promote_patch(resource_version=rv))
-    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state)
+    """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared and the
+    replaced champion keeps ``previous``."""
+    replaced: list[str] = []
+
+    def decide(state: DeploymentState) -> Transition:
+        transition = promote(state)
+        if transition.changed and state.champion is not None:
+            # The state read back from the cluster no longer names it: remember it here.
+            replaced.append(state.champion.model_version)
+        return transition
+
+    transition = _change(target, decide, lambda rv: isvc_body.promote_patch(resource_version=rv))
+    previous = replaced[0] if replaced else None
+    aliases_follow_champion(target.tracking_uri, target.model_name, transition.state, previous=previous)
     return transition
 
 

@@ -81,6 +81,8 @@ class DeploymentState:
     # waits for its canary also holds ``challenger`` without being in the state, and only the
     # retired one may lose it when aliases are reconciled after a command was killed.
     retired_canary: str | None = None
+    # The champion the last promotion replaced: it keeps the ``previous`` alias, a one-step undo.
+    previous_champion: str | None = None
 
     def __post_init__(self) -> None:
         _check_percent(self.canary_percent)
@@ -116,6 +118,7 @@ class DeploymentState:
             "generation": self.generation,
             "updated_at": self.updated_at,
             "retired_canary": self.retired_canary,
+            "previous_champion": self.previous_champion,
         }
 
     @classmethod
@@ -139,6 +142,7 @@ class DeploymentState:
             updated_at=str(data.get("updated_at", "")),
             # Optional: files written before the field existed have no retired canary.
             retired_canary=_optional_version(data.get("retired_canary")),
+            previous_champion=_optional_version(data.get("previous_champion")),
         )
 
 
@@ -209,11 +213,12 @@ def promote(state: DeploymentState, *, now: datetime | None = None) -> Transitio
         canary=None,
         canary_percent=0,
         retired_canary=state.canary.model_version,
+        previous_champion=champion.model_version,
     )
     return Transition(
         new,
         f"promoted {state.canary.describe()} to champion with 100% of traffic "
-        f"(was {state.canary_percent}%); {champion.describe()} retired",
+        f"(was {state.canary_percent}%); {champion.describe()} retired (alias previous)",
         True,
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from components.registry.tracking import client_for
-from components.registry.versions import CHALLENGER, CHAMPION
+from components.registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 from serving.deployment_state import DeploymentState
 
 
@@ -27,12 +27,17 @@ def aliases_after_deploy(tracking_uri: str, model_name: str, state: DeploymentSt
         client.set_registered_model_alias(model_name, CHALLENGER, version)
 
 
-def aliases_follow_champion(tracking_uri: str, model_name: str, state: DeploymentState) -> None:
-    """After promote or rollback: ``champion`` on the serving version; no canary, no ``challenger``."""
+def aliases_follow_champion(
+    tracking_uri: str, model_name: str, state: DeploymentState, *, previous: str | None = None
+) -> None:
+    """After promote or rollback: ``champion`` on the serving version; no canary, no ``challenger``;
+    after a promotion, ``previous`` on the champion it replaced."""
     if state.champion is None:
         return
     client = client_for(tracking_uri)
     client.set_registered_model_alias(model_name, CHAMPION, state.champion.model_version)
+    if previous is not None and previous != state.champion.model_version:
+        client.set_registered_model_alias(model_name, PREVIOUS, previous)
     if state.canary is None:
         from mlflow.exceptions import MlflowException
 
@@ -43,7 +48,8 @@ def aliases_follow_champion(tracking_uri: str, model_name: str, state: Deploymen
 def aliases_follow_state(tracking_uri: str, model_name: str, state: DeploymentState) -> list[str]:
     """Make the aliases what ``state`` says; returns one sentence per alias it had to move.
 
-    ``champion`` names the state's champion and ``challenger`` its canary. Without a
+    ``champion`` names the state's champion, ``challenger`` its canary and ``previous``
+    the champion its last promotion replaced. Without a
     canary, ``challenger`` is cleared only when it names the champion (a promoted
     canary) or the canary promote/rollback just retired: any other holder is a gate
     winner waiting for its canary, which is not the deployment's to take away.
@@ -66,6 +72,8 @@ def aliases_follow_state(tracking_uri: str, model_name: str, state: DeploymentSt
     wanted = {CHAMPION: state.champion.model_version}
     if state.canary is not None:
         wanted[CHALLENGER] = state.canary.model_version
+    if state.previous_champion is not None:
+        wanted[PREVIOUS] = state.previous_champion
     for alias, version in wanted.items():
         current = holder(alias)
         if current != version:

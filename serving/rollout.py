@@ -32,6 +32,7 @@ from serving.deployment_state import (
     load_state,
     promote,
     rollback,
+    set_percent,
     update_state,
     with_state,
 )
@@ -72,6 +73,13 @@ def deploy_version(target: RolloutTarget, version: str, canary_percent: int) -> 
 def promote_canary(target: RolloutTarget) -> Transition:
     """The canary takes all traffic and the ``champion`` alias; ``challenger`` is cleared."""
     return update_state(target.state_path, promote, then=_aliases_follow(target))
+
+
+def set_canary_percent(target: RolloutTarget, canary_percent: int) -> Transition:
+    """The canary's next traffic step (the canary judge's ``set_percent``); aliases stay."""
+    return update_state(
+        target.state_path, lambda state: set_percent(state, canary_percent), then=_aliases_follow(target)
+    )
 
 
 def rollback_canary(target: RolloutTarget) -> Transition:

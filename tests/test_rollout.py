@@ -37,6 +37,7 @@ from serving.rollout import (
     promote_canary,
     reconcile_aliases,
     rollback_canary,
+    set_canary_percent,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -118,7 +119,20 @@ def test_deploy_promote_rollback_move_state_and_aliases_together(registry: Setti
     state = load_state(target.state_path)
     assert promoted.changed and state.champion.model_version == "2" and state.canary is None
     assert _alias(registry, "champion") == "2" and _alias(registry, "challenger") is None
+    # The replaced champion keeps a one-step undo.
+    assert state.previous_champion == "1" and _alias(registry, "previous") == "1"
     assert not promote_canary(target).changed
+
+
+def test_set_canary_percent_steps_the_canary_and_keeps_aliases(registry: Settings, tmp_path: Path):
+    target = RolloutTarget(tmp_path / "state.json", tmp_path / "models", registry.tracking_uri, MODEL_NAME)
+    deploy_version(target, "1", canary_percent=0)
+    deploy_version(target, "2", canary_percent=10)
+    stepped = set_canary_percent(target, 25)
+    state = load_state(target.state_path)
+    assert stepped.changed and state.canary_percent == 25 and "10% -> 25%" in stepped.message
+    assert _alias(registry, "challenger") == "2" and _alias(registry, "champion") == "1"
+    assert not set_canary_percent(target, 25).changed
 
 
 def test_unknown_version_is_refused(registry: Settings):

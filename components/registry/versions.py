@@ -33,6 +33,8 @@ from components.storage.checksums import file_sha256
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: The champion the last promotion replaced: a one-step undo (deploy it again to go back).
+PREVIOUS = "previous"
 SHA256_TAG = "model_sha256"
 # Cluster mode: the model store folder s3://models/<model_name>/<sha256>/ holding the verified
 # model file and its sidecar (docs/cluster-contract.md); KServe's storageUri is this value.
