@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from components.errors import TaxiMlopsError
-from components.storage.atomic_write import write_atomically
+from components.storage.json_records import append_record, read_records, write_latest
 
 LATEST_FILE: Final = "latest.json"
 HISTORY_FILE: Final = "history.jsonl"
 VERDICTS: Final = ("ok", "drift", "degraded", "insufficient_data")
 
 
-class VerdictStoreError(TaxiMlopsError):
+class VerdictStoreError(TaxiMlopsError, ValueError):
     """A verdict file that exists but cannot be read as a verdict (names the file)."""
 
 
@@ -46,20 +46,11 @@ def save_verdict(directory: str | os.PathLike[str], document: Mapping[str, Any])
     if document.get("verdict") not in VERDICTS:
         raise VerdictStoreError(f"verdict {document.get('verdict')!r} is not one of {', '.join(VERDICTS)}")
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     stored = stamped(document)
-    line = json.dumps(stored, separators=(",", ":"), sort_keys=True) + "\n"
     # History first: a crash between the two leaves the latest one behind the history,
     # never a latest verdict the history does not have.
-    with open(folder / HISTORY_FILE, "a+b") as history:
-        if history.tell() > 0:
-            history.seek(-1, os.SEEK_END)
-            if history.read(1) != b"\n":
-                line = "\n" + line  # end a torn last line first, so this verdict is a line of its own
-        history.write(line.encode("utf-8"))
-        history.flush()
-        os.fsync(history.fileno())
-    write_atomically(folder / LATEST_FILE, json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    append_record(folder / HISTORY_FILE, stored)
+    write_latest(folder / LATEST_FILE, stored)
     return stored
 
 
@@ -88,15 +79,4 @@ def parse_verdict(text: str, source: str) -> dict[str, Any]:
 
 def load_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every readable verdict in the order they were made (a torn or foreign line is skipped)."""
-    path = Path(directory) / HISTORY_FILE
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    history = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            history.append(parse_verdict(line, f"{path}:{number}"))
-        except VerdictStoreError:
-            continue
-    return history
+    return read_records(Path(directory) / HISTORY_FILE, parse_verdict)
