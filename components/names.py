@@ -34,6 +34,8 @@ MODEL_STORE_URI: Final = f"s3://models/{REGISTERED_MODEL_NAME}"
 # prediction log (serving/local_stack.py) and the labels joined to it (taxi-mlops labels).
 PREDICTION_LOG_DIR_NAME: Final = "prediction-log"
 LABELS_DIR_NAME: Final = "labels"
+#: The canary judge's memory and decisions (serving/canary_judge.py), beside the deployment state.
+CANARY_DIR_NAME: Final = "canary"
 #: The monitor's verdicts (latest.json + history.jsonl, components/monitoring/verdict_store.py).
 MONITOR_DIR_NAME: Final = "monitor"
 # On a cluster the same three live in MinIO, in a bucket of their own (manifests/base/minio).

@@ -1,0 +1,388 @@
+"""The canary judge: gathers a live canary's evidence, asks for a verdict, acts on it, records why.
+
+One analysis (:func:`judge_once`):
+
+1. reads what is deployed; no canary, nothing to judge;
+2. remembers where the current step began (``judge.json``: the revisions'
+   request and error counters then, the step's wall-clock start, the event time
+   the canary was first seen) -- a new canary or a new percent starts a new step;
+3. operations: each revision's requests and errors since the step began and its
+   p99 latency (:class:`OpsSource`: the local splitter's ``/status``, or
+   Prometheus on a cluster);
+4. accuracy: every logged trip since the canary started, whichever revision
+   answered it, that has a label is scored by BOTH models offline (they are
+   deterministic on the three inputs), so champion and canary errors are compared
+   trip by trip (``components.canary.paired_accuracy``);
+5. ``components.canary.analysis.analyze`` turns that into pass / fail /
+   inconclusive and an action, which the :class:`RolloutActions` carry out
+   (locally the deployment state + aliases, on a cluster the InferenceService);
+6. the decision, with every check and the action's own message, is appended to
+   ``history.jsonl`` and becomes ``latest.json`` (``components.storage.json_records``).
+
+Time: the deadline is in event time (the newest event time in the prediction
+log), so a replayed month behaves like the real one; the analysis interval is
+the caller's, in wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import numpy as np
+import pandas as pd
+
+from components.canary.analysis import CanaryAnalysis, Evidence, RevisionOps, analyze
+from components.canary.policy import CanaryPolicy
+from components.errors import TaxiMlopsError
+from components.features.trip_features import TARGET_COLUMN
+from components.models.duration_model import TripDurationModel
+from components.monitoring.labels import join_labels, read_labels
+from components.monitoring.prediction_log import read_prediction_log
+from components.storage.atomic_write import write_atomically
+from components.storage.json_records import append_record, read_records, write_latest
+from serving.deployment_state import DeploymentState, Revision
+
+MEMORY_FILE: Final = "judge.json"
+HISTORY_FILE: Final = "history.jsonl"
+LATEST_FILE: Final = "latest.json"
+CHAMPION: Final = "champion"
+CANARY: Final = "canary"
+_INPUTS: Final = ["PULocationID", "DOLocationID", "trip_distance"]
+
+
+class CanaryJudgeError(TaxiMlopsError):
+    """The judge could not gather its evidence or act (names what and where)."""
+
+
+@dataclass(frozen=True)
+class OpsReading:
+    """One revision's counters as the source reports them now (cumulative) and its current p99."""
+
+    requests: int
+    errors: int
+    p99_ms: float | None
+
+
+class OpsSource(Protocol):
+    def read(self, state: DeploymentState) -> dict[str, OpsReading]:
+        """Counters of the champion and the canary now, keyed ``champion`` / ``canary``."""
+        ...
+
+
+class RolloutActions(Protocol):
+    def state(self) -> DeploymentState: ...
+    def set_percent(self, percent: int) -> str: ...
+    def promote(self) -> str: ...
+    def rollback(self) -> str: ...
+
+
+@dataclass
+class JudgeMemory:
+    """What the judge must remember between analyses (``judge.json``)."""
+
+    champion_version: str
+    canary_version: str
+    percent: int
+    step_started_at: str  # wall clock, ISO 8601
+    step_baseline: dict[str, list[int]]  # role -> [requests, errors] when the step began
+    canary_started_event: str | None  # event time the canary was first seen (ISO 8601)
+    consecutive_failures: int = 0
+    analyses: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> JudgeMemory | None:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**document)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            # Written atomically, so only a foreign edit makes it unreadable. That costs the
+            # current step's baseline, never a decision: the judge starts the step again.
+            return None
+
+    def save(self, path: Path) -> None:
+        write_atomically(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+
+class SplitterOps:
+    """Operations evidence from the local traffic splitter's ``/status`` (per revision and version)."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def read(self, state: DeploymentState) -> dict[str, OpsReading]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/status", timeout=self.timeout) as response:
+                status = json.load(response)
+        except (OSError, ValueError) as exc:
+            raise CanaryJudgeError(f"cannot read the splitter's status at {self.url}/status: {exc}") from exc
+        readings: dict[str, OpsReading] = {}
+        for role, revision in ((CHAMPION, state.champion), (CANARY, state.canary)):
+            if revision is None:
+                continue
+            rows = [
+                row
+                for row in status.get("revisions", [])
+                if row.get("revision") == role and str(row.get("model_version")) == revision.model_version
+            ]
+            if rows:
+                row = rows[0]
+                p99 = (row.get("latency_ms") or {}).get("p99")
+                readings[role] = OpsReading(int(row["requests"]), int(row["errors"]), p99)
+            else:
+                readings[role] = OpsReading(0, 0, None)
+        return readings
+
+
+@dataclass
+class PairedTrips:
+    """Labelled trips of the canary's life scored by both models, and the log's newest event time."""
+
+    actual: np.ndarray
+    champion: np.ndarray
+    canary: np.ndarray
+    newest_event: pd.Timestamp | None
+    logged: int = 0
+    mismatched: int = 0  # logged minutes that differ from the answering model's offline score
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def paired_trips(
+    log: pd.DataFrame,
+    labels: pd.DataFrame,
+    state: DeploymentState,
+    score: Callable[[Revision], TripDurationModel],
+    since: pd.Timestamp | None,
+) -> PairedTrips:
+    """Score every labelled trip logged since ``since`` by both deployed models."""
+    assert state.champion is not None and state.canary is not None
+    newest = log["event_time"].max() if len(log) else None
+    versions = {state.champion.model_version, state.canary.model_version}
+    window = log[log["model_version"].astype(str).isin(versions)]
+    if since is not None:
+        window = window[window["event_time"] >= since]
+    joined, _ = join_labels(window, labels)
+    labelled = joined[joined[TARGET_COLUMN].notna()]
+    if labelled.empty:
+        empty = np.empty(0)
+        return PairedTrips(empty, empty, empty, newest, logged=len(joined))
+    inputs = labelled[_INPUTS]
+    champion = score(state.champion).predict(inputs)
+    canary = score(state.canary).predict(inputs)
+    # The logged answer must be what its model gives offline: otherwise the pairs are not
+    # what was served (a model file that changed, a non-deterministic model).
+    answered_by_canary = labelled["model_version"].astype(str).to_numpy() == state.canary.model_version
+    offline = np.where(answered_by_canary, canary, champion)
+    mismatched = int((np.abs(offline - labelled["minutes"].to_numpy(dtype=np.float64)) > 1e-6).sum())
+    return PairedTrips(
+        labelled[TARGET_COLUMN].to_numpy(dtype=np.float64),
+        champion,
+        canary,
+        newest,
+        logged=len(joined),
+        mismatched=mismatched,
+    )
+
+
+@dataclass(frozen=True)
+class JudgeFolders:
+    prediction_log_dir: Path
+    labels_dir: Path
+    canary_dir: Path  # judge.json, history.jsonl, latest.json
+
+
+def judge_once(
+    actions: RolloutActions,
+    ops: OpsSource,
+    folders: JudgeFolders,
+    score: Callable[[Revision], TripDurationModel],
+    policy: CanaryPolicy | None = None,
+    *,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """One analysis of the live canary and its action; the recorded decision, or None without a canary."""
+    policy = policy or CanaryPolicy()
+    wall = (now or datetime.now(UTC)).astimezone(UTC)
+    state = actions.state()
+    memory_path = folders.canary_dir / MEMORY_FILE
+    if state.champion is None or state.canary is None:
+        memory_path.unlink(missing_ok=True)
+        return None
+    readings = ops.read(state)
+    log = (
+        read_prediction_log(folders.prediction_log_dir, on_corrupt="skip")
+        if folders.prediction_log_dir.is_dir()
+        else None
+    )
+    newest = log["event_time"].max() if log is not None and len(log) else None
+    memory = JudgeMemory.load(memory_path)
+    if memory is None or memory.canary_version != state.canary.model_version:
+        memory = JudgeMemory(
+            champion_version=state.champion.model_version,
+            canary_version=state.canary.model_version,
+            percent=state.canary_percent,
+            step_started_at=wall.isoformat(),
+            step_baseline=_baseline(readings),
+            canary_started_event=None if newest is None else newest.isoformat(),
+        )
+    elif memory.percent != state.canary_percent:
+        memory.percent = state.canary_percent
+        memory.step_started_at = wall.isoformat()
+        memory.step_baseline = _baseline(readings)
+        memory.consecutive_failures = 0
+    if memory.canary_started_event is None and newest is not None:
+        memory.canary_started_event = newest.isoformat()
+    since = pd.Timestamp(memory.canary_started_event) if memory.canary_started_event else None
+    if log is not None:
+        pairs = paired_trips(log, read_labels(folders.labels_dir), state, score, since)
+    else:
+        empty = np.empty(0)
+        pairs = PairedTrips(empty, empty, empty, None)
+    evidence = Evidence(
+        champion_version=state.champion.model_version,
+        canary_version=state.canary.model_version,
+        percent=state.canary_percent,
+        champion=_since(readings.get(CHAMPION), memory.step_baseline.get(CHAMPION)),
+        canary=_since(readings.get(CANARY), memory.step_baseline.get(CANARY)),
+        actual=pairs.actual,
+        champion_predictions=pairs.champion,
+        canary_predictions=pairs.canary,
+        canary_started=since.to_pydatetime() if since is not None else None,
+        now=newest.to_pydatetime() if newest is not None else None,
+        consecutive_failures=memory.consecutive_failures,
+    )
+    analysis = analyze(evidence, policy)
+    message = _act(actions, analysis)
+    memory.analyses += 1
+    memory.consecutive_failures = memory.consecutive_failures + 1 if analysis.verdict == "fail" else 0
+    decision = _decision(analysis, wall, evidence, memory, pairs, message)
+    append_record(folders.canary_dir / HISTORY_FILE, decision)
+    write_latest(folders.canary_dir / LATEST_FILE, decision)
+    if analysis.action in ("promote", "rollback"):
+        memory_path.unlink(missing_ok=True)
+    else:
+        memory.save(memory_path)
+    return decision
+
+
+def last_decision(canary_dir: Path) -> dict[str, Any] | None:
+    """The newest recorded decision (``latest.json``), or None before the first analysis."""
+    try:
+        return json.loads((canary_dir / LATEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CanaryJudgeError(f"{canary_dir / LATEST_FILE}: unreadable canary decision ({exc})") from exc
+
+
+def decision_history(canary_dir: Path, canary_version: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded decision in order (of one canary version, when given)."""
+    records = read_records(canary_dir / HISTORY_FILE, _parse_decision)
+    return [r for r in records if canary_version is None or str(r.get("canary")) == canary_version]
+
+
+def _parse_decision(text: str, source: str) -> dict[str, Any]:
+    document = json.loads(text)
+    if not isinstance(document, dict) or "verdict" not in document:
+        raise ValueError(f"{source}: not a canary decision")
+    return document
+
+
+def _baseline(readings: Mapping[str, OpsReading]) -> dict[str, list[int]]:
+    return {role: [reading.requests, reading.errors] for role, reading in readings.items()}
+
+
+def _since(reading: OpsReading | None, baseline: list[int] | None) -> RevisionOps:
+    if reading is None:
+        return RevisionOps(0, 0, None)
+    requests0, errors0 = baseline or [0, 0]
+    # Counters restart with their process (the splitter restarted): then count from zero again.
+    if reading.requests < requests0 or reading.errors < errors0:
+        requests0 = errors0 = 0
+    return RevisionOps(reading.requests - requests0, reading.errors - errors0, reading.p99_ms)
+
+
+def _act(actions: RolloutActions, analysis: CanaryAnalysis) -> str:
+    if analysis.action == "set_percent":
+        assert analysis.next_percent is not None
+        return actions.set_percent(analysis.next_percent)
+    if analysis.action == "promote":
+        return actions.promote()
+    if analysis.action == "rollback":
+        return actions.rollback()
+    return f"held at {analysis.percent}%"
+
+
+def _decision(
+    analysis: CanaryAnalysis,
+    wall: datetime,
+    evidence: Evidence,
+    memory: JudgeMemory,
+    pairs: PairedTrips,
+    message: str,
+) -> dict[str, Any]:
+    return {
+        **analysis.to_dict(),
+        "evaluated_at": wall.isoformat(timespec="seconds"),
+        "event_time": evidence.now.isoformat() if evidence.now else None,
+        "canary_started_event": memory.canary_started_event,
+        "step_started_at": memory.step_started_at,
+        "operations": {
+            CHAMPION: asdict(evidence.champion),
+            CANARY: asdict(evidence.canary),
+        },
+        "labelled_pairs": int(pairs.actual.size),
+        "logged_since_canary": pairs.logged,
+        "offline_mismatches": pairs.mismatched,
+        "result": message,
+    }
+
+
+class LocalRollout:
+    """:class:`RolloutActions` on the local deployment state (the running ``serve`` follows it)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target  # serving.rollout.RolloutTarget
+
+    def state(self) -> DeploymentState:
+        from serving.deployment_state import load_state
+
+        return load_state(self.target.state_path)
+
+    def set_percent(self, percent: int) -> str:
+        from serving.rollout import set_canary_percent
+
+        return set_canary_percent(self.target, percent).message
+
+    def promote(self) -> str:
+        from serving.rollout import promote_canary
+
+        return promote_canary(self.target).message
+
+    def rollback(self) -> str:
+        from serving.rollout import rollback_canary
+
+        return rollback_canary(self.target).message
+
+
+def local_scorer() -> Callable[[Revision], TripDurationModel]:
+    """Loads each deployed revision's verified model file once (``model_uri`` is its staged folder)."""
+    from components.models.duration_model import MODEL_FILE_NAME, load_duration_model
+
+    loaded: dict[tuple[str, str], TripDurationModel] = {}
+
+    def score(revision: Revision) -> TripDurationModel:
+        key = (revision.model_version, revision.sha256)
+        if key not in loaded:
+            loaded[key] = load_duration_model(Path(revision.model_uri) / MODEL_FILE_NAME, revision.sha256)
+        return loaded[key]
+
+    return score
