@@ -15,7 +15,15 @@ import click
 from components.data.cleaning_rules import DEFAULT_MIN_ROWS
 from components.errors import TaxiMlopsError
 from components.models.candidates import CANDIDATES
-from components.names import EXPERIMENT_NAME, INFERENCE_SERVICE, NAMESPACE, SERVED_MODEL_NAME
+from components.names import (
+    EXPERIMENT_NAME,
+    INFERENCE_SERVICE,
+    LABELS_URI,
+    MONITOR_URI,
+    NAMESPACE,
+    PREDICTION_LOG_URI,
+    SERVED_MODEL_NAME,
+)
 from components.storage.atomic_write import write_atomically
 from pipelines.settings import Settings
 
@@ -155,32 +163,63 @@ def run(
         click.echo(f"summary written to {summary_out}")
 
 
+def _pipeline_option(command: Any) -> Any:
+    return click.option(
+        "--pipeline",
+        type=click.Choice(["training", "monitoring"]),
+        default="training",
+        show_default=True,
+        help="training: ingest -> train -> gate -> register -> deploy; monitoring: judge a window "
+        "of the prediction log and store the verdict.",
+    )(command)
+
+
 @main.command(name="compile")
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("training_pipeline.yaml"),
-    show_default=True,
+    help="Where to write it [default: <pipeline>_pipeline.yaml].",
 )
+@_pipeline_option
 @click.option(
     "--cluster",
     is_flag=True,
     help="The cluster build: MinIO pipeline root, S3 secret as env, in-cluster MLflow/model store/"
-    "InferenceService defaults.",
+    "InferenceService/monitoring bucket defaults.",
 )
-def compile_command(output: Path, cluster: bool) -> None:
-    """Compile the training pipeline to KFP IR YAML (upload it in the KFP UI or with `kfp`)."""
+def compile_command(output: Path | None, pipeline: str, cluster: bool) -> None:
+    """Compile a pipeline to KFP IR YAML (upload it in the KFP UI or with `kfp`)."""
+    output = output or Path(f"{pipeline}_pipeline.yaml")
     output.parent.mkdir(parents=True, exist_ok=True)
     if cluster:
         from pipelines.cluster_pipeline import compile_cluster_pipeline
 
-        compile_cluster_pipeline(str(output))
+        compile_cluster_pipeline(str(output), pipeline)
+    elif pipeline == "monitoring":
+        from pipelines.monitoring_pipeline import compile_monitoring_pipeline
+
+        compile_monitoring_pipeline(str(output))
     else:
         from pipelines.training_pipeline import compile_pipeline
 
         compile_pipeline(str(output))
     click.echo(f"wrote {output}")
+
+
+# Options only the training pipeline takes: refused with --pipeline monitoring when given.
+_TRAINING_ONLY = (
+    "color",
+    "train_month",
+    "val_month",
+    "candidate_names",
+    "param_overrides",
+    "min_improvement",
+    "canary_percent",
+    "s3_uri",
+    "no_deploy",
+)
+_MONITORING_ONLY = ("last_hours", "model_version")
 
 
 @main.command()
@@ -196,8 +235,10 @@ def compile_command(output: Path, cluster: bool) -> None:
     "--schedule",
     default="",
     metavar="CRON",
-    help="Start a recurring run instead: KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'.",
+    help="Start a recurring run instead: KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *' "
+    "(training every day at 03:00) or '0 0 * * * *' (monitoring every hour).",
 )
+@_pipeline_option
 @_training_options
 @click.option(
     "--canary-percent",
@@ -208,11 +249,25 @@ def compile_command(output: Path, cluster: bool) -> None:
 )
 @click.option("--s3-uri", default="", help="Read TLC files from s3://bucket/prefix (e.g. s3://tlc-data).")
 @click.option("--no-deploy", is_flag=True, help="Register only; leave the InferenceService as it is.")
+@click.option(
+    "--last-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Monitoring: the window, in hours up to the newest logged event [default: the pipeline's, 24].",
+)
+@click.option(
+    "--version",
+    "model_version",
+    default="",
+    help="Monitoring: the model version to judge [default: the one with the alias champion].",
+)
+@click.pass_context
 def submit(
+    ctx: click.Context,
     host: str,
     experiment: str,
     run_name: str,
     schedule: str,
+    pipeline: str,
     color: str,
     train_month: str,
     val_month: str,
@@ -222,28 +277,48 @@ def submit(
     canary_percent: int,
     s3_uri: str,
     no_deploy: bool,
+    last_hours: float | None,
+    model_version: str,
 ) -> None:
-    """Compile the cluster pipeline and start it on Kubeflow Pipelines (now, or on a --schedule)."""
+    """Compile a cluster pipeline and start it on Kubeflow Pipelines (now, or on a --schedule)."""
     from pipelines.submit import Submission
     from pipelines.submit import submit as submit_to_kfp
 
+    _refuse_options_of_the_other_pipeline(ctx, pipeline)
     settings = Settings.from_env()
-    arguments: dict[str, Any] = {
-        "color": color,
-        "train_month": train_month,
-        "val_month": val_month,
-        "candidates": parse_candidates(candidate_names, param_overrides),
-        "min_improvement": min_improvement,
-        "canary_percent": canary_percent,
-        "experiment": settings.experiment,
-        "model_name": settings.model_name,
-    }
-    if s3_uri:
-        arguments["s3_uri"] = s3_uri
-    if no_deploy:
-        arguments["inference_service"] = ""
-    submitted = submit_to_kfp(Submission(host, experiment, arguments, run_name, schedule))
+    arguments: dict[str, Any] = {"experiment": settings.experiment, "model_name": settings.model_name}
+    if pipeline == "monitoring":
+        if last_hours is not None:
+            arguments["last_hours"] = last_hours
+        if model_version:
+            arguments["model_version"] = model_version
+    else:
+        arguments = {
+            "color": color,
+            "train_month": train_month,
+            "val_month": val_month,
+            "candidates": parse_candidates(candidate_names, param_overrides),
+            "min_improvement": min_improvement,
+            "canary_percent": canary_percent,
+            **arguments,
+        }
+        if s3_uri:
+            arguments["s3_uri"] = s3_uri
+        if no_deploy:
+            arguments["inference_service"] = ""
+    submitted = submit_to_kfp(Submission(host, experiment, arguments, run_name, schedule, pipeline))
     click.echo(f"started {submitted.kind} {submitted.id}: {submitted.url}")
+
+
+def _refuse_options_of_the_other_pipeline(ctx: click.Context, pipeline: str) -> None:
+    """An option the chosen pipeline does not take would be silently ignored: refuse it instead."""
+    from click.core import ParameterSource
+
+    foreign = _MONITORING_ONLY if pipeline == "training" else _TRAINING_ONLY
+    for name in foreign:
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            flag = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            raise click.UsageError(f"{flag} is not an option of the {pipeline} pipeline")
 
 
 def _rollout_target(settings: Settings) -> Any:
@@ -573,77 +648,102 @@ def labels(month: str, color: str, data_dir: Path | None, s3_uri: str | None, st
 @click.option("--month", metavar="YYYY-MM", help="Judge the predictions whose event time is in this month.")
 @click.option("--since", type=click.DateTime(), help="Event-time window start (UTC), instead of --month.")
 @click.option("--until", type=click.DateTime(), help="Event-time window end (UTC, exclusive).")
-@click.option("--version", "model_version", help="Model version to judge (default: the deployed champion).")
+@click.option(
+    "--last-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The N hours up to the newest event time in the log (what a recurring run judges; "
+    "it follows the log's clock, so an accelerated replay is judged the same way).",
+)
+@click.option(
+    "--version",
+    "model_version",
+    help="Model version to judge (default: the deployed champion; with --cluster the alias champion).",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the verdict JSON.")
+@click.option(
+    "--html-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the HTML report here too (it is always written beside the verdicts, as report.html).",
+)
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Judge the cluster's log: prediction log, labels and verdicts in MinIO "
+    f"({PREDICTION_LOG_URI}, ...; S3_ENDPOINT_URL and the keys from the environment), the registry "
+    "at MLFLOW_TRACKING_URI.",
+)
 @_state_dir_option
 def monitor(
     month: str | None,
     since: Any,
     until: Any,
+    last_hours: float | None,
     model_version: str | None,
     json_out: Path | None,
+    html_out: Path | None,
+    cluster: bool,
     state_dir: Path | None,
 ) -> None:
-    """Drift and live accuracy of the logged predictions of one window, against the version's profile."""
-    import pandas as pd
+    """Drift and live accuracy of the logged predictions of one window, against the version's profile.
 
-    from components.monitoring.labels import join_labels, read_labels
-    from components.monitoring.monitor import monitor_window
-    from components.monitoring.prediction_log import read_prediction_log
-    from components.registry.tracking import client_for, log_monitor_verdict
-    from components.registry.versions import fetch_reference_profile
-    from serving.deployment_state import load_state
+    The verdict is saved beside the earlier ones (latest.json, history.jsonl: the gauges on
+    /metrics read them), with its HTML report, and recorded as an MLflow run.
+    """
+    from pipelines.steps.monitor import MonitorRequest, WindowChoice, monitor_step, verdict_lines
 
     settings = Settings.from_env(state_dir=state_dir)
+    chosen = [name for name, given in (("--month", month), ("--last-hours", last_hours)) if given is not None]
+    if since is not None or until is not None:
+        chosen.append("--since/--until")
+    if len(chosen) > 1:
+        raise click.BadParameter(f"give one of {' or '.join(chosen)}", param_hint=chosen[0])
     if month is not None:
-        if since is not None or until is not None:
-            raise click.BadParameter("give --month or --since/--until, not both", param_hint="--month")
-        start = pd.Timestamp(f"{month}-01", tz="UTC")
-        since, until = start.to_pydatetime(), (start + pd.offsets.MonthBegin(1)).to_pydatetime()
-    if model_version is None:
-        champion = load_state(settings.deployment_state_path).champion
-        if champion is None:
-            raise TaxiMlopsError("nothing is deployed: give --version")
-        model_version = champion.model_version
-    log = read_prediction_log(settings.prediction_log_dir, since, until)
-    log = log[log["model_version"] == model_version]
-    joined, _ = join_labels(log, read_labels(settings.labels_dir))
-    window = joined.rename(columns={"minutes": "prediction"})
-    version = client_for(settings.tracking_uri).get_model_version(settings.model_name, model_version)
-    profile = fetch_reference_profile(settings.tracking_uri, version)
-    document = monitor_window(
-        window,
-        profile,
-        model_version=model_version,
-        start=since.isoformat() if since else "",
-        end=until.isoformat() if until else "",
-    )
-    accuracy, drift = document["accuracy"], document["drift"]
-    click.echo(
-        f"version {model_version}: {document['window']['predictions']} predictions, "
-        f"{document['window']['labelled']} labelled; verdict {document['verdict'].upper()}"
-    )
-    for name, result in drift.get("features", {}).items():
-        flag = "DRIFT" if result["drifted"] else "ok"
-        click.echo(
-            f"  {name:<14} {flag:<5} effect {result['effect']:.3f} (min {result['min_effect']:.2f}), "
-            f"statistic {result['statistic']:.4g} vs {result['threshold']:.4g}"
-        )
-    if accuracy["rmse"] is not None:
-        low, high = accuracy["rmse_ci"]
-        click.echo(
-            f"  accuracy       RMSE {accuracy['rmse']:.3f} [{low:.3f}, {high:.3f}] vs validation "
-            f"{accuracy['baseline_rmse']:.3f}; label coverage {accuracy['label_coverage']:.1%}"
-        )
+        window = WindowChoice.month(month)
     else:
-        click.echo(f"  accuracy       not judged: {accuracy['labelled']} labelled trips")
-    run_id = log_monitor_verdict(
-        settings.tracking_uri, settings.experiment, document, settings.artifact_location
+        window = WindowChoice(since=since, until=until, last_hours=last_hours)
+    if cluster:
+        if not settings.tracking_uri_from_env:
+            raise click.UsageError(
+                "--cluster needs MLFLOW_TRACKING_URI pointing at the cluster's MLflow (e.g. "
+                "kubectl -n taxi-mlops port-forward svc/mlflow 5000:5000)"
+            )
+        locations = (PREDICTION_LOG_URI, LABELS_URI, MONITOR_URI)
+    else:
+        locations = (str(settings.prediction_log_dir), str(settings.labels_dir), str(settings.monitor_dir))
+        if model_version is None:
+            model_version = _deployed_champion(settings)
+    request = MonitorRequest(
+        tracking_uri=settings.tracking_uri,
+        experiment=settings.experiment,
+        model_name=settings.model_name,
+        prediction_log=locations[0],
+        labels=locations[1],
+        monitor=locations[2],
+        window=window,
+        model_version=model_version or "",
+        artifact_location="" if cluster else settings.artifact_location,
+        report_path=str(html_out) if html_out else "",
     )
-    click.echo(f"MLflow run {run_id} in experiment '{settings.experiment}-monitoring'")
+    outcome = monitor_step(request)
+    for line in verdict_lines(outcome.verdict):
+        click.echo(line)
+    click.echo(f"verdict saved in {request.monitor} ({outcome.verdict['evaluated_at']})")
+    click.echo(f"HTML report: {outcome.report_location}")
+    if html_out is not None:
+        click.echo(f"HTML report: {html_out}")
+    click.echo(f"MLflow run {outcome.mlflow_run_id} in experiment '{settings.experiment}-monitoring'")
     if json_out is not None:
-        write_atomically(json_out, json.dumps(document, indent=2) + "\n")
+        write_atomically(json_out, json.dumps(outcome.verdict, indent=2) + "\n")
         click.echo(f"verdict JSON: {json_out}")
+
+
+def _deployed_champion(settings: Settings) -> str:
+    from serving.deployment_state import load_state
+
+    champion = load_state(settings.deployment_state_path).champion
+    if champion is None:
+        raise TaxiMlopsError("nothing is deployed: give --version")
+    return champion.model_version
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""The training pipeline built for the cluster (docs/cluster-contract.md): same graph, cluster settings.
+"""The pipelines built for the cluster (docs/cluster-contract.md): same graphs, cluster settings.
 
 - pipeline root in MinIO: ``s3://kfp-artifacts/pipeline-root``;
 - every task gets ``S3_ENDPOINT_URL`` and the two keys of Secret ``taxi-mlops-s3``
@@ -8,23 +8,32 @@
   tag is pinned, so ``Always`` would only fail against a registry that does not
   have them;
 - parameter defaults point at the in-cluster MLflow, the model store and the
-  InferenceService ``taxi-duration``.
+  InferenceService ``taxi-duration``; the monitoring pipeline's at the prediction
+  log, the labels and the verdicts in MinIO's ``monitoring`` bucket.
+
+``PIPELINES`` names each build, for ``taxi-mlops compile`` and ``submit``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from kfp import compiler, dsl
 from kfp.dsl.base_component import BaseComponent
 
 from components.names import (
     INFERENCE_SERVICE,
+    LABELS_URI,
     MLFLOW_TRACKING_URI,
     MODEL_STORE_URI,
+    MONITOR_URI,
     NAMESPACE,
     PIPELINE_ROOT,
+    PREDICTION_LOG_URI,
     S3_ENDPOINT_URL,
     S3_SECRET,
 )
+from pipelines.monitoring_pipeline import MonitoringDefaults, build_monitoring_pipeline
 from pipelines.training_pipeline import PipelineDefaults, build_pipeline
 
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -34,6 +43,12 @@ CLUSTER_DEFAULTS = PipelineDefaults(
     model_store_uri=MODEL_STORE_URI,
     inference_service=INFERENCE_SERVICE,
     inference_namespace=NAMESPACE,
+)
+CLUSTER_MONITORING_DEFAULTS = MonitoringDefaults(
+    tracking_uri=MLFLOW_TRACKING_URI,
+    prediction_log_uri=PREDICTION_LOG_URI,
+    labels_uri=LABELS_URI,
+    monitor_uri=MONITOR_URI,
 )
 
 
@@ -53,8 +68,19 @@ def cluster_pipeline() -> BaseComponent:
     return build_pipeline(CLUSTER_DEFAULTS, configure_for_cluster, PIPELINE_ROOT)
 
 
-def compile_cluster_pipeline(path: str) -> str:
-    compiler.Compiler().compile(cluster_pipeline(), package_path=path)
+def cluster_monitoring_pipeline() -> BaseComponent:
+    return build_monitoring_pipeline(CLUSTER_MONITORING_DEFAULTS, configure_for_cluster, PIPELINE_ROOT)
+
+
+#: The cluster builds by the name `--pipeline` takes.
+PIPELINES: dict[str, Callable[[], BaseComponent]] = {
+    "training": cluster_pipeline,
+    "monitoring": cluster_monitoring_pipeline,
+}
+
+
+def compile_cluster_pipeline(path: str, pipeline: str = "training") -> str:
+    compiler.Compiler().compile(PIPELINES[pipeline](), package_path=path)
     return path
 
 

@@ -17,6 +17,10 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 from components import __version__
 
 PIPELINE_IMAGE = f"docker.io/taxi-mlops/pipeline:{__version__}"
+#: The monitor task's verdict output parameter (a component's returned str is named "Output"):
+#: ``dsl.If(judged.outputs[VERDICT_OUTPUT] == "drift")``. A NamedTuple could name it "verdict",
+#: but kfp.local (2.17) resolves a dsl.If on a task's output only by this name.
+VERDICT_OUTPUT = "Output"
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
@@ -276,3 +280,65 @@ def deploy(
         inference_namespace=inference_namespace,
         canary_percent=canary_percent,
     )
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def monitor(
+    tracking_uri: str,
+    experiment: str,
+    artifact_location: str,
+    model_name: str,
+    model_alias: str,
+    model_version: str,
+    last_hours: float,
+    since: str,
+    until: str,
+    prediction_log_uri: str,
+    labels_uri: str,
+    monitor_uri: str,
+    verdict_json: Output[Artifact],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> str:
+    """Judge a window of the prediction log against the version's reference profile; store the verdict.
+
+    Returns the verdict (ok | drift | degraded | insufficient_data), the output
+    parameter later tasks branch on (``VERDICT_OUTPUT``); the whole document
+    travels as a JSON artifact (it holds nulls, which parameters cannot carry).
+    """
+    import json
+
+    from pipelines.steps.monitor import MonitorRequest, WindowChoice, monitor_step
+
+    outcome = monitor_step(
+        MonitorRequest(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            model_name=model_name,
+            prediction_log=prediction_log_uri,
+            labels=labels_uri,
+            monitor=monitor_uri,
+            window=WindowChoice.from_text(since, until, last_hours),
+            model_version=model_version,
+            model_alias=model_alias,
+            artifact_location=artifact_location,
+            report_path=report.path,
+        )
+    )
+    document = outcome.verdict
+    with open(verdict_json.path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+    verdict_json.metadata.update(
+        {"verdict": document["verdict"], "model_version": document["model_version"], **document["window"]}
+    )
+    metrics.log_metric("predictions", document["window"]["predictions"])
+    metrics.log_metric("labelled", document["window"]["labelled"])
+    metrics.log_metric("drift_detected", 1.0 if document["drift"]["detected"] else 0.0)
+    for name, feature in document["drift"].get("features", {}).items():
+        metrics.log_metric(f"{name}_effect", round(feature["effect"], 4))
+    accuracy = document["accuracy"]
+    if accuracy["rmse"] is not None:
+        metrics.log_metric("rmse", round(accuracy["rmse"], 4))
+        metrics.log_metric("baseline_rmse", round(accuracy["baseline_rmse"], 4))
+    metrics.log_metric("accuracy_degraded", 1.0 if accuracy["degraded"] else 0.0)
+    return str(document["verdict"])

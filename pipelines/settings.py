@@ -14,6 +14,7 @@ from pathlib import Path
 from components.names import (
     EXPERIMENT_NAME,
     LABELS_DIR_NAME,
+    MONITOR_DIR_NAME,
     PREDICTION_LOG_DIR_NAME,
     REGISTERED_MODEL_NAME,
     TLC_BASE_URL,
@@ -60,6 +61,11 @@ class Settings:
     def labels_dir(self) -> Path:
         """Actual durations joined to the logged predictions, one file per month (``labels``)."""
         return self.deployment_state_path.parent / LABELS_DIR_NAME
+
+    @property
+    def monitor_dir(self) -> Path:
+        """The monitor's verdicts (latest.json, history.jsonl) and report; the splitter's gauges read it."""
+        return self.deployment_state_path.parent / MONITOR_DIR_NAME
 
     @property
     def deployed_models_dir(self) -> Path:

@@ -1,6 +1,6 @@
-"""Start the cluster pipeline on Kubeflow Pipelines: one run now, or a recurring run on a cron schedule.
+"""Start a cluster pipeline on Kubeflow Pipelines: one run now, or a recurring run on a cron schedule.
 
-Compiles the cluster build (``pipelines.cluster_pipeline``) to a temporary
+Compiles the cluster build (``pipelines.cluster_pipeline``: training or monitoring) to a temporary
 file and hands it to ``kfp.Client``; the pipeline spec travels inline with the
 run, so nothing is uploaded to the KFP pipeline list first.
 """
@@ -31,6 +31,7 @@ class Submission:
     arguments: Mapping[str, Any]
     run_name: str = ""
     schedule: str = ""  # KFP cron, six fields (seconds first); empty: one run now
+    pipeline: str = "training"  # a name in cluster_pipeline.PIPELINES
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,28 @@ def check_cron(expression: str) -> str:
 
 
 def submit(submission: Submission) -> Submitted:
-    """Compile the cluster pipeline and start it; raises ``SubmitError`` with the cause."""
-    from pipelines.cluster_pipeline import compile_cluster_pipeline
-    from pipelines.training_pipeline import PIPELINE_NAME
+    """Compile the chosen cluster pipeline and start it; raises ``SubmitError`` with the cause."""
+    from pipelines.cluster_pipeline import PIPELINES, compile_cluster_pipeline
 
+    if submission.pipeline not in PIPELINES:
+        raise SubmitError(f"pipeline {submission.pipeline!r} is not one of {', '.join(PIPELINES)}")
     host = submission.host.rstrip("/")
     schedule = check_cron(submission.schedule) if submission.schedule else ""
     _check_reachable(host)
     client = _client(host)
     with tempfile.TemporaryDirectory(prefix="taxi-mlops-submit-") as folder:
-        package = compile_cluster_pipeline(str(Path(folder) / "pipeline.yaml"))
+        package = compile_cluster_pipeline(str(Path(folder) / "pipeline.yaml"), submission.pipeline)
+        pipeline_name = PIPELINES[submission.pipeline]().name
         try:
             if schedule:
                 experiment = client.create_experiment(name=submission.experiment)
                 recurring = client.create_recurring_run(
                     experiment_id=experiment.experiment_id,
-                    job_name=submission.run_name or f"{PIPELINE_NAME} ({schedule})",
+                    job_name=submission.run_name or f"{pipeline_name} ({schedule})",
                     cron_expression=schedule,
-                    max_concurrency=1,  # runs share the champion: never two at once
+                    # Never two at once: training runs share the champion, monitoring runs the
+                    # verdict history each one reads, appends to and uploads again.
+                    max_concurrency=1,
                     no_catchup=True,  # after a pause, run once rather than once per missed slot
                     params=dict(submission.arguments),
                     pipeline_package_path=package,

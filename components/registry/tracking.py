@@ -143,6 +143,14 @@ def _param_text(value: Any) -> str:
 
 
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
+# Where a monitoring run keeps its two documents.
+MONITOR_VERDICT_ARTIFACT = "monitor.json"
+MONITOR_REPORT_ARTIFACT = "report.html"
+# Version tags: the newest verdict on a registered version, readable in the registry UI and by
+# the canary judge without searching runs.
+VERSION_VERDICT_TAG = "monitor_verdict"
+VERSION_WINDOW_TAG = "monitor_window"
+VERSION_RUN_TAG = "monitor_run_id"
 
 
 def log_monitor_verdict(
@@ -150,11 +158,16 @@ def log_monitor_verdict(
     experiment: str,
     verdict: Mapping[str, Any],
     artifact_location: str | None = None,
+    *,
+    model_name: str = "",
+    report_html: str = "",
 ) -> str:
     """One finished run in ``<experiment>-monitoring`` per monitored window; returns its id.
 
     Tagged with the model version and the verdict (so the MLflow UI lists a version's
-    windows); the effects, RMSE and coverage as metrics; the verdict JSON as an artifact.
+    windows); the effects, RMSE and coverage as metrics; the verdict JSON and, when given,
+    the HTML report as artifacts. With ``model_name`` the registered version itself is
+    tagged with this verdict, its window and this run (the newest verdict wins).
     """
     import json
 
@@ -173,14 +186,30 @@ def log_monitor_verdict(
             "window_end": str(window["end"]),
         },
     )
-    metrics = {"predictions": window["predictions"], "labelled": window["labelled"]}
-    metrics.update(
-        {f"{name}_effect": f["effect"] for name, f in verdict["drift"].get("features", {}).items()}
-    )
-    if accuracy.get("rmse") is not None:
-        metrics.update({"rmse": accuracy["rmse"], "baseline_rmse": accuracy["baseline_rmse"]})
-    metrics["label_coverage"] = accuracy["label_coverage"]
-    log_run_values(tracking_uri, run.info.run_id, metrics=metrics)
-    client.log_text(run.info.run_id, json.dumps(verdict, indent=2), "monitor.json")
-    client.set_terminated(run.info.run_id, status="FINISHED")
-    return run.info.run_id
+    run_id = run.info.run_id
+    try:
+        metrics = {"predictions": window["predictions"], "labelled": window["labelled"]}
+        metrics.update(
+            {f"{name}_effect": f["effect"] for name, f in verdict["drift"].get("features", {}).items()}
+        )
+        if accuracy.get("rmse") is not None:
+            metrics.update({"rmse": accuracy["rmse"], "baseline_rmse": accuracy["baseline_rmse"]})
+        metrics["label_coverage"] = accuracy["label_coverage"]
+        log_run_values(tracking_uri, run_id, metrics=metrics)
+        client.log_text(run_id, json.dumps(verdict, indent=2), MONITOR_VERDICT_ARTIFACT)
+        if report_html:
+            client.log_text(run_id, report_html, MONITOR_REPORT_ARTIFACT)
+        if model_name:
+            version = str(verdict["model_version"])
+            for key, value in (
+                (VERSION_VERDICT_TAG, str(verdict["verdict"])),
+                (VERSION_WINDOW_TAG, f"{window['start']}..{window['end']}"),
+                (VERSION_RUN_TAG, run_id),
+            ):
+                client.set_model_version_tag(model_name, version, key, value)
+    except BaseException:
+        # A run that stays RUNNING would look like a monitor still at work.
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
