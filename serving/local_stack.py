@@ -22,6 +22,15 @@ another terminal take effect without a restart), restarts predictors that
 died, and runs every reconcile, including the ones ``reconcile()`` asks for.
 Children are started in their own process group, with ``PR_SET_PDEATHSIG``
 on Linux, so neither Ctrl-C nor a killed supervisor leaves orphans behind.
+
+For a local Prometheus (``taxi-mlops observe``) the stack writes
+``prometheus-targets.json`` beside the state file on every reconcile: a
+Prometheus ``file_sd`` list of the splitter and every routed predictor
+(``role``, ``revision``, ``model_version`` labels), replaced atomically, so
+Prometheus follows champion and canary changes without a restart. A clean stop
+empties it; a killed stack leaves its targets listed, and down.
+The splitter's ``/metrics`` also serves the newest monitor verdict's gauges
+from ``<state dir>/monitor`` (``components.monitoring.verdict_metrics``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import json
 import logging
 import os
 import queue
@@ -45,9 +55,13 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import TaxiMlopsError
-from components.names import PREDICTION_LOG_DIR_NAME, SERVED_MODEL_NAME
+from components.names import MONITOR_DIR_NAME, PREDICTION_LOG_DIR_NAME, SERVED_MODEL_NAME
+from components.storage.atomic_write import write_atomically
 from serving.deployment_state import DeploymentState, Revision, load_state
 from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitter
+
+#: Beside the state file: the Prometheus file_sd targets of the running stack.
+PROMETHEUS_TARGETS_FILE = "prometheus-targets.json"
 
 #: Where the splitter reaches predictors, whatever address the splitter itself listens on.
 PREDICTOR_HOST = "127.0.0.1"
@@ -67,6 +81,27 @@ _PDEATHSIG_EXEC = (
     "    sys.exit(0)\n"  # the supervisor died before prctl: nobody needs us
     "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
+
+
+def orphan_proof(command: Sequence[str]) -> list[str]:
+    """``command``, made to get SIGTERM when the thread that started it dies (Linux; unchanged elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *command]
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM ``process``'s group (a child started with ``start_new_session``), SIGKILL after ``grace`` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(wait)
+    # The group may still hold children of the process (extra KServe workers).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def kserve_predictor_command(
@@ -175,16 +210,7 @@ class PredictorProcess:
 
     def stop(self, grace: float) -> None:
         """SIGTERM the process group (KServe shuts down gracefully), SIGKILL after ``grace`` seconds."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            if self.process.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(wait)
-        # The group may still hold children of the predictor (extra KServe workers).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process, grace)
 
 
 class LocalStack:
@@ -232,7 +258,8 @@ class LocalStack:
         self.retry_interval = retry_interval
         self.log_dir = Path(log_dir) if log_dir else self.state_path.parent / "predictor-logs"
         self._progress = progress or log.info
-        self.splitter = TrafficSplitter(seed=seed)
+        self.targets_path = self.state_path.parent / PROMETHEUS_TARGETS_FILE
+        self.splitter = TrafficSplitter(seed=seed, monitor_dir=self.state_path.parent / MONITOR_DIR_NAME)
         self._server = SplitterServer(self.splitter, host, port)
         self._processes: dict[Revision, PredictorProcess] = {}
         self._requests: queue.Queue[Future[ReconcileReport] | None] = queue.Queue()
@@ -262,6 +289,7 @@ class LocalStack:
         except (OSError, RuntimeError) as exc:
             raise LocalStackError(str(exc)) from exc
         self._stopping.clear()
+        self._write_targets()  # the splitter, before any predictor is routed
         self._file_signature = _UNSEEN  # whatever the file says, the first poll reconciles
         self._thread = threading.Thread(target=self._control_loop, name="local-stack-controller", daemon=True)
         self._thread.start()
@@ -285,6 +313,7 @@ class LocalStack:
             self._requests.put(None)  # wake the controller up
             thread.join(self.stop_grace + self.drain_timeout + 30.0)
         self._stop_all()  # normally already done by the controller on its way out
+        self._write_targets(stopped=True)
 
     def predictors(self) -> list[dict[str, Any]]:
         """The running predictor processes (for status and tests)."""
@@ -361,7 +390,33 @@ class LocalStack:
             report = self._failure(-1, f"reconcile failed unexpectedly: {exc!r}", ())
         self.last_report = report
         self.splitter.set_supervisor_report({**report.to_dict(), "predictors": self.predictors()})
+        self._write_targets()
         return report
+
+    def prometheus_targets(self) -> list[dict[str, Any]]:
+        """The file_sd groups of what is routed now: the splitter, then each routed predictor."""
+        splitter = _scrape_address(self._server.host, self._server.port)
+        groups: list[dict[str, Any]] = [{"targets": [splitter], "labels": {"role": "splitter"}}]
+        for route in self.splitter.routes.routes():
+            groups.append(
+                {
+                    "targets": [route.url.removeprefix("http://")],
+                    "labels": {
+                        "role": "predictor",
+                        "revision": route.role,
+                        "model_version": route.revision.model_version,
+                    },
+                }
+            )
+        return groups
+
+    def _write_targets(self, stopped: bool = False) -> None:
+        """Replace the targets file (empty once stopped); a failure is logged, never fatal to serving."""
+        groups = [] if stopped else self.prometheus_targets()
+        try:
+            write_atomically(self.targets_path, json.dumps(groups, indent=2) + "\n")
+        except OSError as exc:
+            log.warning("cannot write the Prometheus targets file %s: %s", self.targets_path, exc)
 
     def _reconcile(self) -> ReconcileReport:
         self._file_signature = self._signature()
@@ -425,11 +480,9 @@ class LocalStack:
         command = list(self.predictor_command(revision, port))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"predictor-v{revision.model_version}-{port}.log"
-        if sys.platform.startswith("linux"):
-            command = [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *command]
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                command,
+                orphan_proof(command),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -529,6 +582,15 @@ class LocalStack:
         for process in processes:
             process.stop(self.stop_grace)
             self._progress(f"stopped predictor {process.name}")
+
+
+def _scrape_address(host: str, port: int) -> str:
+    """Where a local scraper reaches a server listening on ``host`` (any-address means loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = PREDICTOR_HOST
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run_local_stack(

@@ -22,7 +22,10 @@ processes, so a client sees one URL whatever the deployment looks like:
   path does not take gets 405 with ``Allow``;
 * ``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text) count requests,
   errors and upstream latency per revision, ``GET /healthz`` says whether a
-  champion is routed.
+  champion is routed. With a ``monitor_dir``, ``/metrics`` also serves the newest
+  monitor verdict stored there as gauges (``components.monitoring.verdict_metrics``,
+  the same series the cluster's inference-log sink serves), read at each scrape;
+  a verdict that cannot be read is ``taxi_monitor_verdict_readable 0``.
 
 The routing table is one immutable object swapped in by ``apply_routes``; each
 request reads it once, so a reload is never half-applied. The proxy is a bare
@@ -33,7 +36,9 @@ served by uvicorn with uvloop/httptools: on loopback it adds well under 2 ms.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
 import socket
 import threading
@@ -41,16 +46,21 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import uvicorn
 import yarl
 
+from components.monitoring.verdict_metrics import verdict_metrics_text
+from components.monitoring.verdict_store import VerdictStoreError, load_latest
 from components.names import MODEL_VERSION_HEADER, REVISION_HEADER
 from serving.deployment_state import DeploymentState, Revision
 from serving.error_responses import POST_ONLY_SUFFIXES
 from serving.revision_health import RevisionHealth
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CANARY = "canary"
@@ -179,8 +189,11 @@ class TrafficSplitter:
         max_connections_per_upstream: int = 64,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         health: RevisionHealth | None = None,
+        monitor_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._routes = routes or RoutingTable()
+        self._monitor_dir = Path(monitor_dir) if monitor_dir is not None else None
+        self._verdict_problem = ""  # the last unreadable-verdict reason logged (logged once, not per scrape)
         self._max_body_bytes = max_body_bytes
         self._health = health or RevisionHealth()
         self._health_table: RoutingTable | None = None  # the table whose URLs _health tracks
@@ -305,7 +318,22 @@ class TrafficSplitter:
             "# TYPE taxi_splitter_generation gauge",
             f"taxi_splitter_generation {table.generation}",
         ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self._verdict_text()
+
+    def _verdict_text(self) -> str:
+        """The newest stored verdict's gauges ("" without a monitor folder)."""
+        if self._monitor_dir is None:
+            return ""
+        try:
+            document, readable = load_latest(self._monitor_dir), True
+        except VerdictStoreError as exc:
+            document, readable = None, False
+            if str(exc) != self._verdict_problem:
+                log.warning("monitor verdict not exposed: %s", exc)
+            self._verdict_problem = str(exc)
+        else:
+            self._verdict_problem = ""
+        return verdict_metrics_text(document, readable=readable)
 
     # ------------------------------------------------------------------ ASGI
 

@@ -11,6 +11,7 @@ runs the actual ``python -m serving`` with real model files.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from serving.deployment_state import (
     set_percent,
     update_state,
 )
-from serving.local_stack import LocalStack, kserve_predictor_command
+from serving.local_stack import PROMETHEUS_TARGETS_FILE, LocalStack, kserve_predictor_command
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -138,6 +139,56 @@ def test_state_file_changes_move_traffic(stack: LocalStack, state_path: Path):
     assert pids(stack) == {"3": new_canary_pid}  # promotion reuses the canary's process
     wait_for(lambda: not pid_alive(champion_pid), 10, "the retired champion to stop")
     assert document["supervisor"]["ok"] and document["supervisor"]["routed_generation"] == 5
+
+
+def _targets(stack: LocalStack) -> list[dict]:
+    return json.loads(stack.targets_path.read_text(encoding="utf-8"))
+
+
+def _predictor_targets(stack: LocalStack) -> dict[str, tuple[str, str]]:
+    """revision -> (model_version, host:port) of the predictors listed in the targets file."""
+    return {
+        group["labels"]["revision"]: (group["labels"]["model_version"], group["targets"][0])
+        for group in _targets(stack)
+        if group["labels"]["role"] == "predictor"
+    }
+
+
+def test_prometheus_targets_follow_champion_and_canary(stack: LocalStack, state_path: Path):
+    """The file_sd list a local Prometheus reads (taxi-mlops observe): the splitter, and exactly the
+    routed predictors with their revision and version, rewritten on every change; empty once stopped."""
+    assert stack.targets_path == state_path.parent / PROMETHEUS_TARGETS_FILE
+    splitter = {"targets": [stack.url.removeprefix("http://")], "labels": {"role": "splitter"}}
+    assert _targets(stack) == [splitter]  # nothing deployed: the splitter alone
+
+    update_state(state_path, lambda s: deploy(s, rev("1"), 30))
+    wait_routed(stack.url, 1)
+    wait_for(lambda: "champion" in _predictor_targets(stack), 10, "the champion's target")
+    assert _targets(stack)[0] == splitter
+    ports = {p["model_version"]: p["port"] for p in stack.predictors()}
+    assert _predictor_targets(stack) == {"champion": ("1", f"127.0.0.1:{ports['1']}")}
+
+    update_state(state_path, lambda s: deploy(s, rev("2"), 30))
+    wait_routed(stack.url, 2)
+    wait_for(lambda: "canary" in _predictor_targets(stack), 10, "the canary's target")
+    ports = {p["model_version"]: p["port"] for p in stack.predictors()}
+    assert _predictor_targets(stack) == {
+        "champion": ("1", f"127.0.0.1:{ports['1']}"),
+        "canary": ("2", f"127.0.0.1:{ports['2']}"),
+    }
+    # Each listed address is that predictor (the fake one answers readiness, not /metrics).
+    for _, address in _predictor_targets(stack).values():
+        assert httpx.get(f"http://{address}/v2/health/ready", timeout=5).status_code == 200
+
+    update_state(state_path, promote)
+    wait_routed(stack.url, 3)
+    wait_for(lambda: set(_predictor_targets(stack)) == {"champion"}, 10, "the promoted canary's target")
+    assert _predictor_targets(stack)["champion"][0] == "2"
+
+    # The splitter serves the verdict gauges of the monitor folder beside the state file.
+    assert "taxi_monitor_verdict_readable 1" in httpx.get(stack.url + "/metrics", timeout=5).text
+    stack.stop()
+    assert _targets(stack) == []
 
 
 def test_failed_revision_keeps_the_old_routing(stack: LocalStack, state_path: Path):

@@ -411,3 +411,64 @@ def test_a_method_a_path_does_not_take_is_405(upstreams, splitter_server, method
         assert client.post(PREDICT, json=TRIP).status_code == 200
         rows = client.get("/status").json()["revisions"]
     assert sum(row["requests"] for row in rows) == 1  # nothing was forwarded
+
+
+def _drift_verdict(version: str = "3") -> dict:
+    """A stored monitor verdict, as ``components.monitoring.monitor`` writes it (drift on distance)."""
+    feature = {"statistic": 0.31, "threshold": 0.05, "effect": 0.31, "min_effect": 0.1, "drifted": True}
+    return {
+        "model_version": version,
+        "window": {"start": "2021-03-01T00:00:00+00:00", "end": "", "predictions": 2000, "labelled": 0},
+        "verdict": "drift",
+        "drift": {"detected": True, "features": {"trip_distance": feature}},
+        "accuracy": {"rmse": None, "baseline_rmse": 6.04, "degraded": False, "label_coverage": 0.0},
+    }
+
+
+def test_metrics_serve_the_newest_monitor_verdict_and_say_when_it_is_unreadable(upstreams, tmp_path):
+    """What the local Prometheus scrapes for the drift rules: the verdict stored in the monitor folder,
+    read at each scrape; an unreadable one is readable=0 and costs neither routing nor the other series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from components.monitoring.verdict_store import LATEST_FILE, save_verdict
+
+    monitor_dir = tmp_path / "monitor"
+    server = SplitterServer(TrafficSplitter(table(upstreams, 0), monitor_dir=monitor_dir), port=0)
+    server.start()
+
+    def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = client.get("/metrics").text
+        return {  # parsing the whole exposition is what Prometheus does: it must stay valid
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            before = scrape(client)
+            assert before[("taxi_monitor_verdict_readable", ())] == 1
+            assert not [name for name, _ in before if name.startswith("taxi_monitor_drift")]  # no verdict yet
+
+            save_verdict(monitor_dir, _drift_verdict("3"))
+            stored = scrape(client)
+            version = (("model_version", "3"),)
+            assert stored[("taxi_monitor_drift_detected", version)] == 1
+            feature = (("feature", "trip_distance"), ("model_version", "3"))
+            assert stored[("taxi_monitor_feature_drifted", feature)] == 1
+            assert stored[("taxi_monitor_drift_effect", feature)] == pytest.approx(0.31)
+            assert stored[("taxi_monitor_last_run_timestamp_seconds", version)] == pytest.approx(
+                time.time(), abs=120
+            )
+            assert ("taxi_splitter_generation", ()) in stored  # beside the splitter's own series
+
+            (monitor_dir / LATEST_FILE).write_text('{"verdict": "dri', encoding="utf-8")  # torn by hand
+            broken = scrape(client)
+            assert broken[("taxi_monitor_verdict_readable", ())] == 0
+            assert ("taxi_monitor_drift_detected", version) not in broken
+            assert client.post(PREDICT, json=TRIP).status_code == 200
+
+            save_verdict(monitor_dir, {**_drift_verdict("4"), "verdict": "ok"})
+            assert scrape(client)[("taxi_monitor_verdict_readable", ())] == 1
+    finally:
+        server.stop()
