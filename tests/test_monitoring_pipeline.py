@@ -12,16 +12,20 @@ and the verdicts in a bucket of moto's S3 server, as on a cluster.
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from kfp import dsl, local
 from mlflow.tracking import MlflowClient
-from support.monitoring_state import Registered, log_frame, registered_ridge, write_segment
+from support.monitoring_state import (
+    CALM_TRIPS,
+    DRIFT_END,
+    DRIFTED_TRIPS,
+    Registered,
+    registered_ridge,
+    write_drifted_log,
+)
 
-from components.features.trip_features import TARGET_COLUMN
-from components.monitoring.labels import write_labels
 from components.monitoring.verdict_store import load_history, load_latest
 from components.registry.tracking import VERSION_VERDICT_TAG
 from components.storage.object_transfer import download_file, upload_file
@@ -29,28 +33,10 @@ from components.storage.s3 import S3Connection
 
 pytestmark = pytest.mark.e2e
 
-CALM_START = datetime(2021, 3, 1)
-DRIFT_START = datetime(2021, 3, 8)  # 2,500 trips, one every 15 s: ~10.4 h, all inside the last 12 h
-
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     return registered_ridge(tmp_path_factory.mktemp("monitoring"))
-
-
-def _write_state(registered: Registered, root: Path) -> tuple[Path, Path]:
-    """A calm week (labelled) then a drifted half day (not labelled yet): log and labels folders."""
-    trips = registered.val_trips
-    calm = log_frame(registered, trips.head(2_000), CALM_START, timedelta(minutes=4))  # to 03-06 13:16
-    drifted = log_frame(
-        registered, trips.iloc[2_000:4_500], DRIFT_START, timedelta(seconds=15), distance_scale=1.3
-    )
-    write_segment(root / "log", calm, "1-calm")
-    write_segment(root / "log", drifted, "2-drifted")
-    (root / "log" / "part-3-in-progress.parquet.tmp").write_bytes(b"half a segment")  # never read
-    labels = calm[["request_id"]].assign(**{TARGET_COLUMN: trips.head(2_000)[TARGET_COLUMN].to_numpy()})
-    write_labels(labels, root / "labels" / "green-2021-03.parquet")
-    return root / "log", root / "labels"
 
 
 @pytest.fixture
@@ -81,7 +67,7 @@ def test_the_drifted_window_is_judged_drift_and_stored_reported_and_tagged(
 ):
     from pipelines.monitoring_pipeline import monitoring_pipeline
 
-    log_dir, labels_dir = _write_state(registered, tmp_path)
+    log_dir, labels_dir = write_drifted_log(registered, tmp_path / "log", tmp_path / "labels")
     monitor_dir = tmp_path / "monitor"
     run = monitoring_pipeline(
         **_arguments(
@@ -97,8 +83,8 @@ def test_the_drifted_window_is_judged_drift_and_stored_reported_and_tagged(
     assert latest is not None and latest["verdict"] == "drift"
     assert latest["model_version"] == registered.version
     # The window is the twelve hours up to the newest event: the drifted trips only.
-    assert latest["window"]["predictions"] == 2_500 and latest["window"]["labelled"] == 0
-    assert latest["window"]["end"] == "2021-03-08T10:24:45+00:00"  # 2,499 x 15 s after 00:00
+    assert latest["window"]["predictions"] == DRIFTED_TRIPS and latest["window"]["labelled"] == 0
+    assert latest["window"]["end"] == DRIFT_END
     assert latest["window"]["start"] == "2021-03-07T22:24:45+00:00"
     assert latest["drift"]["features"]["trip_distance"]["drifted"]
     assert [v["evaluated_at"] for v in load_history(monitor_dir)] == [latest["evaluated_at"]]
@@ -132,7 +118,7 @@ def test_the_verdict_output_branches_a_later_task(registered: Registered, kfp_lo
     """dsl.If on the monitor task's verdict output: the branch runs for drift and not for ok."""
     from pipelines.kfp_components import VERDICT_OUTPUT, monitor
 
-    log_dir, labels_dir = _write_state(registered, tmp_path)
+    log_dir, labels_dir = write_drifted_log(registered, tmp_path / "log", tmp_path / "labels")
     locations = {
         "prediction_log_uri": str(log_dir),
         "labels_uri": str(labels_dir),
@@ -162,7 +148,7 @@ def test_the_verdict_output_branches_a_later_task(registered: Registered, kfp_lo
     assert not calm_marker.exists()
     assert drift_marker.read_text() == "drift"
     verdicts = [(v["verdict"], v["window"]["labelled"]) for v in load_history(tmp_path / "monitor")]
-    assert verdicts == [("ok", 2_000), ("drift", 0)]
+    assert verdicts == [("ok", CALM_TRIPS), ("drift", 0)]
 
 
 # --------------------------------------------------------------------------- on S3, as on a cluster
@@ -187,7 +173,9 @@ def test_on_s3_the_log_and_labels_are_read_and_the_verdicts_appended(
     from pipelines.cluster_pipeline import CLUSTER_MONITORING_DEFAULTS
     from pipelines.monitoring_pipeline import build_monitoring_pipeline
 
-    log_dir, labels_dir = _write_state(registered, tmp_path / "local")
+    log_dir, labels_dir = write_drifted_log(
+        registered, tmp_path / "local" / "log", tmp_path / "local" / "labels"
+    )
     for folder, prefix in ((log_dir, PREDICTION_LOG_URI), (labels_dir, LABELS_URI)):
         for path in sorted(folder.iterdir()):
             upload_file(s3_env, path, f"{prefix}/{path.name}")  # the .tmp too: it must be left alone
@@ -212,7 +200,7 @@ def test_on_s3_the_log_and_labels_are_read_and_the_verdicts_appended(
         download_file(s3_env, f"{MONITOR_URI}/{name}", fetched / name)
     latest = load_latest(fetched)
     assert latest is not None and latest["verdict"] == "drift"
-    assert latest["window"]["predictions"] == 2_500  # the default window: the last 24 h, drifted only
+    assert latest["window"]["predictions"] == DRIFTED_TRIPS  # the default window: the last 24 h, drifted only
     assert [v["verdict"] for v in load_history(fetched)] == ["ok", "drift"]
     assert load_history(fetched)[-1] == latest
     assert "<html" in (fetched / "report.html").read_text().lower()

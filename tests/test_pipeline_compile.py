@@ -247,3 +247,98 @@ def test_deploy_and_register_receive_the_cluster_parameters(cluster_docs):
     )
     register_inputs = body["register"]["inputs"]["parameters"]
     assert register_inputs["model_store_uri"]["componentInputParameter"] == "pipelinechannel--model_store_uri"
+
+
+# --------------------------------------------------------------------------- the monitoring pipeline
+
+
+@pytest.fixture(scope="module")
+def monitoring_ir(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    output = tmp_path_factory.mktemp("ir") / "monitoring.yaml"
+    result = CliRunner().invoke(main, ["compile", "--pipeline", "monitoring", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(output.read_text())
+
+
+def test_monitoring_pipeline_parameters_and_defaults(monitoring_ir):
+    from pipelines.monitoring_pipeline import DEFAULT_LAST_HOURS
+    from pipelines.monitoring_pipeline import PIPELINE_NAME as MONITORING_NAME
+
+    assert monitoring_ir["pipelineInfo"]["name"] == MONITORING_NAME == "taxi-trip-duration-monitoring"
+    params = monitoring_ir["root"]["inputDefinitions"]["parameters"]
+    strings = {
+        "tracking_uri", "experiment", "artifact_location", "model_name", "model_alias", "model_version",
+        "since", "until", "prediction_log_uri", "labels_uri", "monitor_uri",
+    }  # fmt: skip
+    assert {name: spec["parameterType"] for name, spec in params.items()} == {
+        **dict.fromkeys(strings, "STRING"),
+        "last_hours": "NUMBER_DOUBLE",
+    }
+    assert params["last_hours"]["defaultValue"] == DEFAULT_LAST_HOURS == 24.0
+    assert params["model_alias"]["defaultValue"] == "champion"
+    # The local build names no location: the caller gives its folders.
+    for name in ("prediction_log_uri", "labels_uri", "monitor_uri", "model_version", "since", "until"):
+        assert params[name]["defaultValue"] == "", name
+    # The pipeline's output is the verdict, for a caller that branches on it.
+    assert monitoring_ir["root"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
+
+
+def test_monitoring_pipeline_is_one_uncached_monitor_task_in_the_project_image(monitoring_ir):
+    tasks = monitoring_ir["root"]["dag"]["tasks"]
+    assert set(tasks) == {"monitor"}
+    assert tasks["monitor"].get("cachingOptions", {}).get("enableCache") is not True
+    given = tasks["monitor"]["inputs"]["parameters"]
+    assert {name: ref["componentInputParameter"] for name, ref in given.items()} == {
+        name: name for name in monitoring_ir["root"]["inputDefinitions"]["parameters"]
+    }
+    (executor,) = monitoring_ir["deploymentSpec"]["executors"].values()
+    container = executor["container"]
+    assert container["image"] == PIPELINE_IMAGE
+    script = "\n".join(container["command"] + container.get("args", []))
+    assert "pip install" not in script
+    assert re.findall(r"^\s*from ((?:components|serving|pipelines)\S*) import", script, flags=re.M) == [
+        "pipelines.steps.monitor"
+    ]
+
+
+def test_monitor_outputs_for_the_kfp_ui_and_for_later_tasks(monitoring_ir):
+    outputs = monitoring_ir["components"]["comp-monitor"]["outputDefinitions"]
+    schema = {name: spec["artifactType"]["schemaTitle"] for name, spec in outputs["artifacts"].items()}
+    assert schema == {"verdict_json": "system.Artifact", "metrics": "system.Metrics", "report": "system.HTML"}
+    assert outputs["parameters"] == {"Output": {"parameterType": "STRING"}}  # the verdict, for dsl.If
+
+
+def test_monitoring_cluster_build_reads_and_writes_the_monitoring_bucket(monitoring_ir, tmp_path: Path):
+    output = tmp_path / "monitoring.cluster.yaml"
+    result = CliRunner().invoke(main, ["compile", "--pipeline", "monitoring", "--cluster", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    ir, platform = yaml.safe_load_all(output.read_text())
+    assert ir["root"]["dag"] == monitoring_ir["root"]["dag"]
+    assert ir["defaultPipelineRoot"] == "s3://kfp-artifacts/pipeline-root"
+    params = ir["root"]["inputDefinitions"]["parameters"]
+    assert params["prediction_log_uri"]["defaultValue"] == "s3://monitoring/prediction-log"
+    assert params["labels_uri"]["defaultValue"] == "s3://monitoring/labels"
+    assert params["monitor_uri"]["defaultValue"] == "s3://monitoring/monitor"
+    assert params["tracking_uri"]["defaultValue"] == "http://mlflow.taxi-mlops.svc.cluster.local:5000"
+    (executor,) = ir["deploymentSpec"]["executors"].values()
+    assert executor["container"]["env"] == [
+        {"name": "S3_ENDPOINT_URL", "value": "http://minio.taxi-mlops.svc.cluster.local:9000"}
+    ]
+    (config,) = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    assert config["imagePullPolicy"] == "IfNotPresent"
+    assert config["secretAsEnv"][0]["secretNameParameter"] == {"runtimeValue": {"constant": "taxi-mlops-s3"}}
+
+
+def test_compile_names_the_file_after_the_pipeline_by_default(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["compile", "--pipeline", "monitoring"])
+    assert result.exit_code == 0, result.output
+    assert "wrote monitoring_pipeline.yaml" in result.output
+    result = CliRunner().invoke(main, ["compile"])
+    assert "wrote training_pipeline.yaml" in result.output
+    names = {name: yaml.safe_load((tmp_path / name).read_text())["pipelineInfo"]["name"] for name in
+             ("monitoring_pipeline.yaml", "training_pipeline.yaml")}  # fmt: skip
+    assert names == {
+        "monitoring_pipeline.yaml": "taxi-trip-duration-monitoring",
+        "training_pipeline.yaml": PIPELINE_NAME,
+    }

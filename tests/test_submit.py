@@ -74,11 +74,11 @@ def _routes(fake: FakeKfp) -> list[tuple[str, str]]:
     return [(method, path) for method, path, _, _ in fake.requests]
 
 
-def _check_cluster_spec(body: dict) -> None:
+def _check_cluster_spec(body: dict, name: str = PIPELINE_NAME) -> None:
     """The run carries the cluster build inline: MinIO root, project image, S3 secret on every task."""
     spec = body["pipeline_spec"]
     ir = spec["pipeline_spec"]
-    assert ir["pipelineInfo"]["name"] == PIPELINE_NAME
+    assert ir["pipelineInfo"]["name"] == name
     assert ir["defaultPipelineRoot"] == "s3://kfp-artifacts/pipeline-root"
     assert {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()} == {PIPELINE_IMAGE}
     platform = spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -175,3 +175,75 @@ def test_an_unreachable_kfp_is_one_clear_line():
     assert result.exit_code == 1
     assert result.output.startswith(f"error: cannot reach the KFP API at http://127.0.0.1:{port} (")
     assert "http://localhost:8880" in result.output
+
+
+# --------------------------------------------------------------------------- the monitoring pipeline
+
+
+def test_submit_monitoring_with_a_schedule_creates_the_hourly_recurring_run(fake_kfp):
+    from pipelines.monitoring_pipeline import PIPELINE_NAME as MONITORING_NAME
+
+    fake, host = fake_kfp
+    args = ["submit", "--host", host, "--pipeline", "monitoring", "--schedule", "0 0 * * * *"]
+    result = CliRunner().invoke(main, [*args, "--last-hours", "6"], env={"TAXI_MLOPS_EXPERIMENT": ""})
+    assert result.exit_code == 0, result.output
+    assert f"started recurring run rr-1: {host}/#/recurringrun/details/rr-1" in result.output
+    assert _routes(fake) == [
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/recurringruns"),
+    ]
+    recurring = fake.requests[4][3]
+    assert recurring["display_name"] == f"{MONITORING_NAME} (0 0 * * * *)"
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 * * * *"}}
+    assert recurring["max_concurrency"] == 1  # each run appends to the verdict history it downloaded
+    assert recurring["no_catchup"] is True
+    # Only what the monitoring pipeline takes; the rest are the cluster build's defaults.
+    assert recurring["runtime_config"]["parameters"] == {
+        "experiment": "taxi-trip-duration",
+        "model_name": "taxi-trip-duration",
+        "last_hours": 6.0,
+    }
+    _check_cluster_spec(recurring, MONITORING_NAME)
+    ir = recurring["pipeline_spec"]["pipeline_spec"]
+    defaults = {
+        name: spec.get("defaultValue") for name, spec in ir["root"]["inputDefinitions"]["parameters"].items()
+    }
+    assert defaults["prediction_log_uri"] == "s3://monitoring/prediction-log"
+    assert defaults["labels_uri"] == "s3://monitoring/labels"
+    assert defaults["monitor_uri"] == "s3://monitoring/monitor"
+    assert defaults["model_alias"] == "champion" and defaults["model_version"] == ""
+    assert defaults["tracking_uri"] == "http://mlflow.taxi-mlops.svc.cluster.local:5000"
+
+
+def test_submit_monitoring_once_for_one_version(fake_kfp):
+    fake, host = fake_kfp
+    fake.experiments.append({"experiment_id": "exp-3", "display_name": "taxi-trip-duration"})
+    args = ["submit", "--host", host, "--pipeline", "monitoring", "--version", "3", "--run-name", "v3-now"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "started run run-1" in result.output
+    run = fake.requests[-1][3]
+    assert fake.requests[-1][1] == "/apis/v2beta1/runs"
+    assert run["display_name"] == "v3-now"
+    assert run["runtime_config"]["parameters"]["model_version"] == "3"
+    assert "last_hours" not in run["runtime_config"]["parameters"]  # the pipeline's default window
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["--pipeline", "monitoring", "--candidates", "ridge"], "--candidates"),
+        (["--pipeline", "monitoring", "--no-deploy"], "--no-deploy"),
+        (["--last-hours", "6"], "--last-hours"),  # training is the default pipeline
+        (["--pipeline", "training", "--version", "2"], "--version"),
+    ],
+)
+def test_an_option_of_the_other_pipeline_is_refused_before_any_request(fake_kfp, args, refused):
+    fake, host = fake_kfp
+    result = CliRunner().invoke(main, ["submit", "--host", host, *args])
+    assert result.exit_code == 2
+    assert f"{refused} is not an option of the" in result.output
+    assert fake.requests == []

@@ -21,6 +21,7 @@ readers; the verdict store is updated there and uploaded back, history first.
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,10 +82,9 @@ class WindowChoice:
     @classmethod
     def month(cls, month: str) -> WindowChoice:
         """Every event time in ``YYYY-MM`` (UTC)."""
-        try:
-            start = pd.Timestamp(f"{month}-01", tz="UTC")
-        except ValueError:
-            raise MonitorError(f"window: month {month!r} is not YYYY-MM") from None
+        if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+            raise MonitorError(f"window: month {month!r} is not YYYY-MM")
+        start = pd.Timestamp(f"{month}-01", tz="UTC")
         return cls(start.to_pydatetime(), (start + pd.offsets.MonthBegin(1)).to_pydatetime())
 
     @classmethod

@@ -5,7 +5,7 @@ generated months) and registers it, profile included, in a sqlite MLflow as the
 champion -- what ``taxi-mlops run`` leaves, without the pipeline's minute of
 training. ``log_frame`` turns trips into prediction-log records (the model's own
 answers, event times spread over a window), ``write_segment`` writes them as a
-segment in the writer's own format.
+segment in the writer's own format; ``write_drifted_log`` is the log most tests judge.
 """
 
 from __future__ import annotations
@@ -22,12 +22,22 @@ import pyarrow.parquet as pq
 
 from components.data.trip_ids import trip_ids
 from components.evaluation.gate import gate_against_champion
+from components.features.trip_features import TARGET_COLUMN
 from components.models.duration_model import TripDurationModel
+from components.monitoring.labels import write_labels
 from components.monitoring.prediction_log import SCHEMA, SEGMENT_PREFIX, SEGMENT_SUFFIX
 from components.monitoring.reference_profile import PROFILE_FILE_NAME, ReferenceProfile, save_profile
 from components.registry import tracking
 from components.registry.registration import register_winner
 from support.model_fixtures import profiled_ridge
+
+#: ``write_drifted_log``: 2,000 calm trips every 4 min from CALM_START (to 03-06 13:16, labelled),
+#: then 2,500 drifted ones (distances x1.3, no labels yet) every 15 s from DRIFT_START: the newest
+#: event is DRIFT_END, and the 12 or 24 hours before it hold the drifted trips only.
+CALM_START = datetime(2021, 3, 1)
+DRIFT_START = datetime(2021, 3, 8)
+DRIFT_END = "2021-03-08T10:24:45+00:00"  # 2,499 x 15 s after DRIFT_START
+CALM_TRIPS, DRIFTED_TRIPS = 2_000, 2_500
 
 
 @dataclass(frozen=True)
@@ -107,3 +117,22 @@ def write_segment(folder: Path, records: pd.DataFrame, name: str) -> Path:
     path = folder / f"{SEGMENT_PREFIX}{name}{SEGMENT_SUFFIX}"
     pq.write_table(pa.Table.from_pandas(records, schema=SCHEMA, preserve_index=False), path)
     return path
+
+
+def write_drifted_log(registered: Registered, log_dir: Path, labels_dir: Path) -> tuple[Path, Path]:
+    """A calm, labelled stretch then a drifted, unlabelled one (see CALM_START): log and labels folders."""
+    trips = registered.val_trips
+    calm = log_frame(registered, trips.head(CALM_TRIPS), CALM_START, timedelta(minutes=4))
+    drifted = log_frame(
+        registered,
+        trips.iloc[CALM_TRIPS : CALM_TRIPS + DRIFTED_TRIPS],
+        DRIFT_START,
+        timedelta(seconds=15),
+        distance_scale=1.3,
+    )
+    write_segment(log_dir, calm, "1-calm")
+    write_segment(log_dir, drifted, "2-drifted")
+    (log_dir / "part-3-in-progress.parquet.tmp").write_bytes(b"half a segment")  # never read as data
+    actual = trips.head(CALM_TRIPS)[TARGET_COLUMN].to_numpy()
+    write_labels(calm[["request_id"]].assign(**{TARGET_COLUMN: actual}), labels_dir / "green-2021-03.parquet")
+    return log_dir, labels_dir
