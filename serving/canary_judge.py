@@ -51,6 +51,7 @@ from serving.deployment_state import DeploymentState, Revision
 MEMORY_FILE: Final = "judge.json"
 HISTORY_FILE: Final = "history.jsonl"
 LATEST_FILE: Final = "latest.json"
+REPORT_FILE: Final = "report.html"  # the newest canary's page; each canary also keeps report-v<N>.html
 CHAMPION: Final = "champion"
 CANARY: Final = "canary"
 _INPUTS: Final = ["PULocationID", "DOLocationID", "trip_distance"]
@@ -266,11 +267,25 @@ def judge_once(
     decision = _decision(analysis, wall, evidence, memory, pairs, message)
     append_record(folders.canary_dir / HISTORY_FILE, decision)
     write_latest(folders.canary_dir / LATEST_FILE, decision)
+    write_report(folders.canary_dir, state.canary.model_version, (pairs.actual, pairs.champion, pairs.canary))
     if analysis.action in ("promote", "rollback"):
         memory_path.unlink(missing_ok=True)
     else:
         memory.save(memory_path)
     return decision
+
+
+def write_report(
+    canary_dir: Path, canary_version: str, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> Path:
+    """The canary's decision page from its recorded analyses; returns its path."""
+    from components.canary.report import render_canary_report
+
+    page = render_canary_report(decision_history(canary_dir, canary_version), pairs)
+    path = canary_dir / f"report-v{canary_version}.html"
+    write_atomically(path, page)
+    write_atomically(canary_dir / REPORT_FILE, page)
+    return path
 
 
 def last_decision(canary_dir: Path) -> dict[str, Any] | None:
