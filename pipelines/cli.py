@@ -834,5 +834,81 @@ def render_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _seconds(value: str) -> float:
+    """A duration flag: "15s", "500ms", "1m" or a plain number of seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    text = value.strip().lower()
+    for unit in ("ms", "s", "m", "h"):  # "ms" before "s" and "m"
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], units[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration such as 15s, 500ms or 1m") from None
+    if not seconds > 0:
+        raise click.BadParameter(f"{value!r} must be longer than zero")
+    return seconds
+
+
+def _port(name: str, default: int, what: str) -> Any:
+    return click.option(name, type=click.IntRange(1, 65535), default=default, show_default=True, help=what)
+
+
+@main.command()
+@_port("--prometheus-port", 9090, "Prometheus UI and API on 127.0.0.1.")
+@_port("--alertmanager-port", 9093, "Alertmanager UI and API on 127.0.0.1.")
+@_port("--receiver-port", 9095, "Our alert receiver (Alertmanager's webhook) on 127.0.0.1.")
+@click.option("--scrape-interval", default="15s", show_default=True, help="How often the stack is scraped.")
+@click.option("--evaluation-interval", default="15s", show_default=True, help="How often rules run.")
+@click.option(
+    "--group-wait",
+    default="30s",
+    show_default=True,
+    help="Alertmanager: wait before a group's first notification.",
+)
+@click.option(
+    "--group-interval",
+    default="5m",
+    show_default=True,
+    help="Alertmanager: wait before notifying a changed group.",
+)
+@_state_dir_option
+def observe(
+    prometheus_port: int,
+    alertmanager_port: int,
+    receiver_port: int,
+    scrape_interval: str,
+    evaluation_interval: str,
+    group_wait: str,
+    group_interval: str,
+    state_dir: Path | None,
+) -> None:
+    """Watch the local stack in the foreground: Prometheus + Alertmanager + our alert receiver.
+
+    Prometheus scrapes what `taxi-mlops serve` runs (the splitter, with the monitor's verdict as
+    gauges, and every predictor), evaluates manifests/components/monitoring/rules/, and
+    Alertmanager posts the alerts to our receiver, which appends them to <state>/alerts/alerts.jsonl.
+    Needs Debian's prometheus and prometheus-alertmanager. Ctrl-C stops all three.
+    """
+    from serving.observability import ObserveConfig, run_observability
+
+    settings = Settings.from_env(state_dir=state_dir)
+    config = ObserveConfig(
+        state_dir=settings.state_dir,
+        deployment_dir=settings.deployment_state_path.parent,
+        prometheus_port=prometheus_port,
+        alertmanager_port=alertmanager_port,
+        receiver_port=receiver_port,
+        scrape_interval=_seconds(scrape_interval),
+        evaluation_interval=_seconds(evaluation_interval),
+        group_wait=_seconds(group_wait),
+        group_interval=_seconds(group_interval),
+    )
+    run_observability(config, progress=click.echo)
+
+
 if __name__ == "__main__":
     main()
