@@ -63,7 +63,7 @@ class CanaryJudgeError(TaxiMlopsError):
 
 @dataclass(frozen=True)
 class OpsReading:
-    """One revision's counters as the source reports them now (cumulative) and its current p99."""
+    """One revision's counters as a cumulative source reports them now, and its current p99."""
 
     requests: int
     errors: int
@@ -71,9 +71,41 @@ class OpsReading:
 
 
 class OpsSource(Protocol):
-    def read(self, state: DeploymentState) -> dict[str, OpsReading]:
-        """Counters of the champion and the canary now, keyed ``champion`` / ``canary``."""
+    """Where requests, errors and latency come from (the splitter locally, Prometheus on a cluster)."""
+
+    def snapshot(self, state: DeploymentState) -> dict[str, list[int]]:
+        """What counting from the step's start needs later (JSON, kept in judge.json)."""
         ...
+
+    def since(
+        self, state: DeploymentState, baseline: Mapping[str, list[int]], step_started: datetime
+    ) -> dict[str, RevisionOps]:
+        """Each revision's figures since the step began, keyed ``champion`` / ``canary``."""
+        ...
+
+
+class CumulativeOps:
+    """An :class:`OpsSource` over cumulative counters: the step's figures are now minus the baseline."""
+
+    def read(self, state: DeploymentState) -> dict[str, OpsReading]:
+        raise NotImplementedError
+
+    def snapshot(self, state: DeploymentState) -> dict[str, list[int]]:
+        return {role: [reading.requests, reading.errors] for role, reading in self.read(state).items()}
+
+    def since(
+        self, state: DeploymentState, baseline: Mapping[str, list[int]], step_started: datetime
+    ) -> dict[str, RevisionOps]:
+        figures = {}
+        for role, reading in self.read(state).items():
+            requests0, errors0 = baseline.get(role) or [0, 0]
+            # Counters restart with their process (the splitter restarted): count from zero again.
+            if reading.requests < requests0 or reading.errors < errors0:
+                requests0 = errors0 = 0
+            figures[role] = RevisionOps(
+                reading.requests - requests0, reading.errors - errors0, reading.p99_ms
+            )
+        return figures
 
 
 class RolloutActions(Protocol):
@@ -112,8 +144,12 @@ class JudgeMemory:
         write_atomically(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
-class SplitterOps:
-    """Operations evidence from the local traffic splitter's ``/status`` (per revision and version)."""
+class SplitterOps(CumulativeOps):
+    """Operations evidence from the local traffic splitter's ``/status`` (per revision and version).
+
+    Its p99 is over the splitter's recent window of requests (2,048 by default), which at a
+    step's minimum of requests is mostly, not only, the current step's.
+    """
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
@@ -217,7 +253,6 @@ def judge_once(
     if state.champion is None or state.canary is None:
         memory_path.unlink(missing_ok=True)
         return None
-    readings = ops.read(state)
     log = (
         read_prediction_log(folders.prediction_log_dir, on_corrupt="skip")
         if folders.prediction_log_dir.is_dir()
@@ -231,13 +266,13 @@ def judge_once(
             canary_version=state.canary.model_version,
             percent=state.canary_percent,
             step_started_at=wall.isoformat(),
-            step_baseline=_baseline(readings),
+            step_baseline=ops.snapshot(state),
             canary_started_event=None if newest is None else newest.isoformat(),
         )
     elif memory.percent != state.canary_percent:
         memory.percent = state.canary_percent
         memory.step_started_at = wall.isoformat()
-        memory.step_baseline = _baseline(readings)
+        memory.step_baseline = ops.snapshot(state)
         memory.consecutive_failures = 0
     if memory.canary_started_event is None and newest is not None:
         memory.canary_started_event = newest.isoformat()
@@ -247,12 +282,13 @@ def judge_once(
     else:
         empty = np.empty(0)
         pairs = PairedTrips(empty, empty, empty, None)
+    figures = ops.since(state, memory.step_baseline, datetime.fromisoformat(memory.step_started_at))
     evidence = Evidence(
         champion_version=state.champion.model_version,
         canary_version=state.canary.model_version,
         percent=state.canary_percent,
-        champion=_since(readings.get(CHAMPION), memory.step_baseline.get(CHAMPION)),
-        canary=_since(readings.get(CANARY), memory.step_baseline.get(CANARY)),
+        champion=figures.get(CHAMPION, RevisionOps(0, 0, None)),
+        canary=figures.get(CANARY, RevisionOps(0, 0, None)),
         actual=pairs.actual,
         champion_predictions=pairs.champion,
         canary_predictions=pairs.canary,
@@ -309,20 +345,6 @@ def _parse_decision(text: str, source: str) -> dict[str, Any]:
     if not isinstance(document, dict) or "verdict" not in document:
         raise ValueError(f"{source}: not a canary decision")
     return document
-
-
-def _baseline(readings: Mapping[str, OpsReading]) -> dict[str, list[int]]:
-    return {role: [reading.requests, reading.errors] for role, reading in readings.items()}
-
-
-def _since(reading: OpsReading | None, baseline: list[int] | None) -> RevisionOps:
-    if reading is None:
-        return RevisionOps(0, 0, None)
-    requests0, errors0 = baseline or [0, 0]
-    # Counters restart with their process (the splitter restarted): then count from zero again.
-    if reading.requests < requests0 or reading.errors < errors0:
-        requests0 = errors0 = 0
-    return RevisionOps(reading.requests - requests0, reading.errors - errors0, reading.p99_ms)
 
 
 def _act(actions: RolloutActions, analysis: CanaryAnalysis) -> str:

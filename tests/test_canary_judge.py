@@ -28,6 +28,7 @@ from serving.canary_judge import (
     HISTORY_FILE,
     MEMORY_FILE,
     REPORT_FILE,
+    CumulativeOps,
     JudgeFolders,
     OpsReading,
     decision_history,
@@ -76,7 +77,7 @@ class StateFileActions:
         return update_state(self.path, rollback).message
 
 
-class CountingOps:
+class CountingOps(CumulativeOps):
     def __init__(self) -> None:
         self.requests = {"champion": 0, "canary": 0}
         self.errors = {"champion": 0, "canary": 0}
