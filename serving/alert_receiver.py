@@ -145,14 +145,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != "/alerts":
+            self.close_connection = True  # its body is not read: the connection cannot be reused
             self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route for POST {self.path}; post to /alerts"})
             return
         length = self.headers.get("content-length")
         if length is None or not length.isdigit():
+            self.close_connection = True
             self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "send the body with a Content-Length"})
             return
         if int(length) > MAX_BODY_BYTES:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
+            self.close_connection = True
             limit = MAX_BODY_BYTES
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {limit} bytes"})
             return
