@@ -158,3 +158,28 @@ def test_policy_overrides_and_rules() -> None:
         CanaryPolicy(promote_min_labelled=0)
     with pytest.raises(CanaryPolicyError, match="mae_margin: 'x' is not a float"):
         CanaryPolicy().with_overrides({"mae_margin": "x"})
+
+
+def test_decision_metrics_expose_the_verdict_checks_and_the_last_rollback() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from components.canary.decision_metrics import decision_metrics_text
+
+    assert decision_metrics_text(None, []) == ""
+    held = {**analyze(_evidence(10, pairs=0)).to_dict(), "evaluated_at": "2026-12-01T10:00:00+00:00"}
+    rolled = {
+        **analyze(_evidence(10, canary_scale=1.3, pairs=400)).to_dict(),
+        "evaluated_at": "2026-12-01T10:05:00+00:00",
+    }
+    families = {
+        f.name: f for f in text_string_to_metric_families(decision_metrics_text(rolled, [held, rolled]))
+    }
+    verdicts = {s.labels["verdict"]: s.value for s in families["taxi_canary_analysis_verdict"].samples}
+    assert verdicts == {"pass": 0, "fail": 1, "inconclusive": 0}
+    assert families["taxi_canary_analysis_percent"].samples[0].value == 0  # rolled back
+    checks = {s.labels["check"]: s.value for s in families["taxi_canary_check_passed"].samples}
+    assert checks["accuracy"] == 0 and checks["requests"] == 1
+    counts = {s.labels["action"]: s.value for s in families["taxi_canary_decisions"].samples}
+    assert counts["rollback"] == 1 and counts["set_percent"] == 1 and counts["promote"] == 0
+    rollback = families["taxi_canary_last_rollback_timestamp_seconds"].samples[0].value
+    assert rollback == datetime(2026, 12, 1, 10, 5, tzinfo=UTC).timestamp()

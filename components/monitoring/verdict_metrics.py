@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from components.monitoring.verdict_store import VERDICTS
+from components.prometheus_text import escape_label as _escape
+from components.prometheus_text import unix_seconds as _timestamp
 
 
 def verdict_metrics_text(document: Mapping[str, Any] | None, *, readable: bool = True) -> str:
@@ -140,16 +141,3 @@ def _number(value: Any) -> float | None:
 def _format(value: float | None) -> str:
     assert value is not None
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-
-
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
