@@ -1,4 +1,4 @@
-"""Benchmark: serving single rides, our KServe predictor vs the course's Flask + gunicorn app.
+"""Benchmark: serving single rides, our KServe predictor vs the course's Flask + gunicorn app (and MLflow's).
 
 Not a test. In one run on this machine it
 
@@ -10,14 +10,24 @@ Not a test. In one run on this machine it
 2. calibrates the load client against a trivial HTTP endpoint (a few lines of
    asyncio answering a fixed body), with and without keep-alive, so the table
    can show the client could go faster than any server it measures;
-3. for each implementation in turn, alone (the previous one is stopped first):
+3. every implementation in turn, phase by phase, round after round (all stay up;
+   the idle ones use no CPU):
 
    * **ours**: ``python -m serving ... --http_port P`` (KServe, 1 uvicorn worker),
      ``POST /v1/models/duration:predict`` with ``{"instances": [ride]}``;
    * **baseline**: ``bench/serving_baseline_flask.py`` under gunicorn with
      1 sync worker (the course's default), ``POST /predict`` with ``ride``;
 
-   both load the same model file (sha256-checked) and must answer the same
+   * **ours-logged** (``--prediction-log on|both``): ours with ``--prediction-log-dir``,
+     every answered trip recorded; ``both`` runs it beside the unlogged one, so the
+     ratio logged/unlogged is measured round by round (what the log costs);
+   * **mlflow** (``--mlflow-baseline``): the same model file registered by
+     ``components.registry.registration.register_winner`` in a sqlite registry beside
+     it, served by ``mlflow models serve -m models:/duration/1 --env-manager local
+     --workers 1`` (MLflow's uvicorn + FastAPI scoring server), ``POST /invocations``
+     with ``{"dataframe_records": [ride]}``: the server a user of the registry reaches for;
+
+   all load the same model file (sha256-checked) and must answer the same
    minutes for the same rides before anything is timed. Then:
 
    * **throughput**: closed loop, a fixed number of requests in flight
@@ -43,6 +53,7 @@ client's send lag behind schedule (open loop) and the 1-minute load average.
     python bench/bench_serving.py                     # ~3 minutes
     python bench/bench_serving.py --quick             # ~1 minute
     python bench/bench_serving.py --rates 50,100,200 --concurrency 8,32 --duration 10 --json-out out.json
+    python bench/bench_serving.py --prediction-log both --mlflow-baseline   # the monitoring issue's run
 
 Traffic goes to 127.0.0.1 only. Every loop is bounded in count and time, and
 every process this script starts is stopped on exit, on Ctrl-C and on SIGTERM.
@@ -88,8 +99,18 @@ GOAL_THROUGHPUT_RATIO = 2.0  # ours / baseline, single-row requests
 GOAL_P99_MS = 15.0  # ours, single-row requests ...
 GOAL_RATE = 100.0  # ... at this open-loop rate
 
-IMPLS = ("ours", "baseline")
-IMPL_LABELS = {"ours": "ours: KServe predictor", "baseline": "baseline: Flask+gunicorn"}
+GOAL_LOGGED_THROUGHPUT = 0.9  # ours with the prediction log / ours without, max throughput
+
+IMPLS = ("ours", "ours-logged", "baseline", "mlflow")
+IMPL_LABELS = {
+    "ours": "ours: KServe predictor",
+    "ours-logged": "ours + prediction log",
+    "baseline": "baseline: Flask+gunicorn",
+    "mlflow": "mlflow models serve",
+}
+OURS = ("ours", "ours-logged")  # our predictor, without and with --prediction-log-dir
+BASELINES = ("baseline", "mlflow")
+MLFLOW_DB = "mlflow.db"
 SERVER_START_TIMEOUT_S = 180.0
 SERVER_STOP_TIMEOUT_S = 15.0
 MAX_REQUESTS_PER_PHASE = 2_000_000
@@ -208,6 +229,41 @@ def child_build(spec: dict[str, Any]) -> None:
     }
     (out / MODEL_INFO_FILE).write_text(json.dumps(info))
     print("RESULT " + json.dumps({k: v for k, v in info.items() if k not in ("rides", "expected_minutes")}))
+
+
+def child_register(spec: dict[str, Any]) -> None:
+    """Register the saved model as version 1 of MODEL_NAME in a sqlite MLflow registry beside it,
+    through the project's own ``register_winner`` (the pyfunc ``mlflow models serve`` loads)."""
+    import pandas as pd
+
+    from components.evaluation.gate import gate_against_champion
+    from components.registry import tracking
+    from components.registry.registration import register_winner
+
+    out = Path(spec["model_dir"])
+    info = json.loads((out / MODEL_INFO_FILE).read_text())
+    uri = f"sqlite:///{out / MLFLOW_DB}"
+    experiment = tracking.ensure_experiment(uri, "bench-serving", (out / "mlartifacts").as_uri())
+    run_id = tracking.client_for(uri).create_run(experiment).info.run_id
+    gate = gate_against_champion(info["candidate"], info["val_rmse"], None, None, 0.01)
+    registration = register_winner(
+        tracking_uri=uri,
+        model_name=MODEL_NAME,
+        model_file=Path(info["path"]),
+        gate=gate.__dict__,
+        input_example=pd.DataFrame(info["rides"], columns=list(FIELDS)),
+        run_id=run_id,
+        version_tags={"candidate": info["candidate"]},
+    )
+    if registration.sha256 != info["sha256"]:
+        raise SystemExit(f"registered {registration.sha256}, the model file is {info['sha256']}")
+    info["mlflow"] = {
+        "tracking_uri": uri,
+        "model_uri": f"models:/{MODEL_NAME}/{registration.model_version}",
+        "version": registration.model_version,
+    }
+    (out / MODEL_INFO_FILE).write_text(json.dumps(info))
+    print("RESULT " + json.dumps(info["mlflow"]))
 
 
 # ============================================================================ child: trivial server
@@ -590,7 +646,7 @@ class Server:
         self.port = port
         base = f"http://{HOST}:{port}"
         extra = {} if omp_threads is None else {"OMP_NUM_THREADS": str(omp_threads)}
-        if impl == "ours":
+        if impl in OURS:
             self.cmd = [
                 sys.executable, "-m", "serving",
                 "--model_name", MODEL_NAME,
@@ -600,13 +656,35 @@ class Server:
                 "--http_port", str(port),
                 "--workers", "1",
             ]  # fmt: skip
-            if prediction_log_dir is not None:
+            if impl == "ours-logged":
+                assert prediction_log_dir is not None
                 self.cmd += ["--prediction-log-dir", str(prediction_log_dir)]
             self.env = _child_env(extra)
             self.url = f"{base}/v1/models/{MODEL_NAME}:predict"
             self.ready_url: str | None = f"{base}/v2/models/{MODEL_NAME}/ready"
             self.body: Callable[[dict[str, Any]], str] = lambda ride: json.dumps({"instances": [ride]})
             self.minutes: Callable[[Any], float] = lambda answer: answer["predictions"][0]
+            self.metrics_url: str | None = f"{base}/metrics"
+        elif impl == "mlflow":
+            # MLflow's own scoring server (uvicorn + FastAPI) for the same registered version,
+            # one worker, in this environment (--env-manager local: no conda, no virtualenv).
+            registry = model["mlflow"]
+            self.cmd = [
+                sys.executable, "-m", "mlflow", "models", "serve",
+                "-m", registry["model_uri"],
+                "--env-manager", "local",
+                "--workers", "1",
+                "--host", HOST,
+                "--port", str(port),
+            ]  # fmt: skip
+            # It starts `uvicorn` from PATH: the one beside this interpreter.
+            path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+            self.env = _child_env({**extra, "MLFLOW_TRACKING_URI": registry["tracking_uri"], "PATH": path})
+            self.url = f"{base}/invocations"
+            self.ready_url = f"{base}/ping"
+            self.body = lambda ride: json.dumps({"dataframe_records": [ride]})
+            self.minutes = lambda answer: answer["predictions"][0]
+            self.metrics_url = None
         else:
             self.cmd = [
                 sys.executable, "-m", "gunicorn",
@@ -623,6 +701,7 @@ class Server:
             self.ready_url = None  # the course's app has no health endpoint: probe /predict
             self.body = json.dumps
             self.minutes = lambda answer: answer["duration"]
+            self.metrics_url = None
 
     def wait_ready(self, proc: subprocess.Popen[Any], log: Path) -> float:
         started = time.monotonic()
@@ -723,8 +802,7 @@ class RunningServer:
 def start_server(
     procs: Processes, args: argparse.Namespace, impl: str, model: dict[str, Any], logs: Path
 ) -> RunningServer:
-    log_dir = logs / "prediction-log" if args.prediction_log else None
-    server = Server(impl, model, _free_port(), args.omp_num_threads, log_dir)
+    server = Server(impl, model, _free_port(), args.omp_num_threads, logs / "prediction-log")
     log = logs / f"{impl}.log"
     proc = procs.start(server.cmd, log, server.env)
     start_s = server.wait_ready(proc, log)
@@ -765,6 +843,32 @@ def bench_interleaved(
                     f"  p99 {_f(r['p99_ms'])} ms  errors {r['errors']}  dropped {r['dropped']}"
                 )
     return results
+
+
+def prediction_log_stats(servers: Sequence[RunningServer], results: dict[str, Any]) -> dict[str, Any]:
+    """What the logged server says it did with its records (its /metrics), and its segment files.
+
+    A logging cost measured while the log dropped records would be no cost at all: the
+    drops are shown beside the throughput. Warm-ups and the answer checks are logged too,
+    so ``written`` exceeds the requests answered in the measured phases."""
+    out: dict[str, Any] = {}
+    for s in servers:
+        if s.impl != "ours-logged" or s.server.metrics_url is None:
+            continue
+        status, raw = _http("GET", s.server.metrics_url)
+        outcomes: dict[str, float] = {}
+        for line in raw.decode(errors="replace").splitlines():
+            if line.startswith("trip_duration_prediction_log_records") and 'outcome="' in line:
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                outcomes[outcome] = outcomes.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+        folder = s.log.parent / "prediction-log"
+        out = {
+            "metrics_status": status,
+            "records": outcomes,
+            "segments_so_far": len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0,
+            "answered_in_measured_phases": sum(p["ok"] for p in results[s.impl]["phases"]),
+        }
+    return out
 
 
 def _wait_idle(pids: Sequence[int], limit_s: float = 20.0) -> float:
@@ -827,6 +931,18 @@ def build_model(procs: Processes, args: argparse.Namespace, model_dir: Path) -> 
     return json.loads(info_file.read_text())
 
 
+def register_model(procs: Processes, model: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """The model as an MLflow registered version (for ``mlflow models serve``), once per model dir."""
+    if "mlflow" in model and (model_dir / MLFLOW_DB).is_file():
+        _progress(f"mlflow: reusing {model['mlflow']['model_uri']} in {model_dir / MLFLOW_DB}")
+        return model
+    spec = json.dumps({"model_dir": str(model_dir)})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "register", "--spec", spec]
+    _progress("mlflow: registering the model (sqlite registry beside it) ...")
+    procs.run(cmd, _child_env(), 600.0, "model registration")
+    return json.loads((model_dir / MODEL_INFO_FILE).read_text())
+
+
 # ============================================================================ parent: report
 def _phase(
     results: dict[str, Any], impl: str, mode: str, value: float, round_no: int
@@ -848,44 +964,68 @@ def _median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+#: (numerator, denominator, goal on the median of the per-round max-throughput ratio)
+RATIO_GOALS: tuple[tuple[str, str, float], ...] = (
+    ("ours", "baseline", GOAL_THROUGHPUT_RATIO),
+    ("ours-logged", "baseline", GOAL_THROUGHPUT_RATIO),
+    ("ours", "mlflow", GOAL_THROUGHPUT_RATIO),
+    ("ours-logged", "mlflow", GOAL_THROUGHPUT_RATIO),
+    ("ours-logged", "ours", GOAL_LOGGED_THROUGHPUT),
+)
+
+
 def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Ratios per round (ours and the baseline measured seconds apart), and the goals on their median."""
+    """Ratios per round (every server measured seconds apart), and the goals on their median."""
     rounds = range(1, args.rounds + 1)
     summary: dict[str, Any] = {"throughput_ratio": {}, "goals": {}, "max_throughput": {}}
-    for c in args.concurrency:
-        ratios = []
-        for r in rounds:
-            ours, base = _phase(results, "ours", "closed", c, r), _phase(results, "baseline", "closed", c, r)
-            if ours and base and base["throughput"] > 0:
-                ratios.append(ours["throughput"] / base["throughput"])
-        summary["throughput_ratio"][str(c)] = ratios
     for impl in results:
         summary["max_throughput"][impl] = [
             max((p["throughput"] for p in _closed(results[impl], r)), default=0.0) for r in rounds
         ]
     best = summary["max_throughput"]
-    if best.get("ours") and best.get("baseline"):
-        per_round = [o / b for o, b in zip(best["ours"], best["baseline"], strict=True) if b > 0]
+    for top, bottom, goal in RATIO_GOALS:
+        if top not in results or bottom not in results:
+            continue
+        pair = f"{top}/{bottom}"
+        summary["throughput_ratio"][pair] = {}
+        for c in args.concurrency:
+            ratios = []
+            for r in rounds:
+                a, b = _phase(results, top, "closed", c, r), _phase(results, bottom, "closed", c, r)
+                if a and b and b["throughput"] > 0:
+                    ratios.append(a["throughput"] / b["throughput"])
+            summary["throughput_ratio"][pair][str(c)] = ratios
+        per_round = [o / b for o, b in zip(best[top], best[bottom], strict=True) if b > 0]
         if per_round:
             ratio = _median(per_round)
-            summary["goals"]["throughput"] = {
-                "goal": f">= {GOAL_THROUGHPUT_RATIO:g}x the baseline's max throughput (median of rounds)",
-                "ours_over_baseline": ratio,
+            what = "unlogged max throughput" if bottom == "ours" else f"{bottom}'s max throughput"
+            summary["goals"][f"throughput {pair}"] = {
+                "goal": f"{top} >= {goal:g}x the {what} (median of rounds)",
+                "ratio": ratio,
                 "per_round": per_round,
-                "met": ratio >= GOAL_THROUGHPUT_RATIO,
+                "met": ratio >= goal,
             }
-    at_goal = [p for r in rounds if (p := _phase(results, "ours", "open", GOAL_RATE, r))]
-    if at_goal:
+    for impl in OURS:
+        at_goal = [p for r in rounds if (p := _phase(results, impl, "open", GOAL_RATE, r))]
+        if not at_goal:
+            continue
         worst = max(at_goal, key=lambda p: math.inf if p["p99_ms"] is None else p["p99_ms"])
         saturated = any(_saturated(p) for p in at_goal)
-        baseline_p99 = [
-            p["p99_ms"] for r in rounds if (p := _phase(results, "baseline", "open", GOAL_RATE, r))
-        ]
-        summary["goals"]["p99"] = {
-            "goal": f"p99 < {GOAL_P99_MS:g} ms at {GOAL_RATE:g} req/s (every round)",
-            "ours_p99_ms": worst["p99_ms"],
-            "ours_p99_ms_per_round": [p["p99_ms"] for p in at_goal],
-            "baseline_p99_ms": max((v for v in baseline_p99 if v is not None), default=None),
+        others = {
+            other: max(
+                (p["p99_ms"] for r in rounds if (p := _phase(results, other, "open", GOAL_RATE, r))),
+                key=lambda v: math.inf if v is None else v,
+                default=None,
+            )
+            for other in results
+            if other != impl
+        }
+        summary["goals"][f"p99 {impl}"] = {
+            "goal": f"{impl} p99 < {GOAL_P99_MS:g} ms at {GOAL_RATE:g} req/s (every round)",
+            "p99_ms": worst["p99_ms"],
+            "p99_ms_per_round": [p["p99_ms"] for p in at_goal],
+            "p99_ms_median": _median([p["p99_ms"] for p in at_goal if p["p99_ms"] is not None] or [math.inf]),
+            "others_worst_p99_ms": others,
             "saturated": saturated,
             "met": worst["p99_ms"] is not None and worst["p99_ms"] < GOAL_P99_MS and not saturated,
         }
@@ -958,27 +1098,16 @@ def print_report(report: dict[str, Any]) -> None:
         "everything else meanwhile; lag99: p99 client send lag behind schedule (ms)."
     )
     print()
-    ratios = "; ".join(
-        f"c={c}: " + " ".join(f"x{v:.2f}" for v in values)
-        for c, values in summary["throughput_ratio"].items()
-    )
-    print(f"throughput ours/baseline per round: {ratios or '-'}")
-    goals = summary["goals"]
-    if "throughput" in goals:
-        g = goals["throughput"]
-        verdict = (
-            "MET"
-            if g["met"]
-            else f"NOT MET (x{g['ours_over_baseline']:.2f}, needs x{GOAL_THROUGHPUT_RATIO:g})"
-        )
-        rounds_text = ", ".join(f"x{v:.2f}" for v in g["per_round"])
-        print(
-            f"goal {g['goal']}: max ours/baseline x{g['ours_over_baseline']:.2f} "
-            f"(rounds: {rounds_text}) -> {verdict}"
-        )
-    if "p99" in goals:
-        g = goals["p99"]
-        p99 = g["ours_p99_ms"]
+    for pair, per_c in summary["throughput_ratio"].items():
+        ratios = "; ".join(f"c={c}: " + " ".join(f"x{v:.2f}" for v in values) for c, values in per_c.items())
+        print(f"throughput {pair} per round: {ratios or '-'}")
+    for name, g in summary["goals"].items():
+        if name.startswith("throughput"):
+            rounds_text = ", ".join(f"x{v:.2f}" for v in g["per_round"])
+            verdict = "MET" if g["met"] else f"NOT MET (x{g['ratio']:.2f})"
+            print(f"goal {g['goal']}: x{g['ratio']:.2f} (rounds: {rounds_text}) -> {verdict}")
+            continue
+        p99 = g["p99_ms"]
         if g["met"]:
             verdict = "MET"
         elif p99 is None:
@@ -986,9 +1115,14 @@ def print_report(report: dict[str, Any]) -> None:
         else:
             verdict = f"NOT MET ({p99 / GOAL_P99_MS:.1f}x the goal, {p99 - GOAL_P99_MS:+.1f} ms)"
             verdict += "; the server could not keep up with the rate" if g["saturated"] else ""
+        rounds_text = ", ".join(_f(v) for v in g["p99_ms_per_round"])
+        others = ", ".join(f"{impl} {_f(v)}" for impl, v in g["others_worst_p99_ms"].items())
         print(
-            f"goal {g['goal']}: ours p99 {_f(p99)} ms (baseline {_f(g['baseline_p99_ms'])} ms) -> {verdict}"
+            f"goal {g['goal']}: worst {_f(p99)} ms (rounds: {rounds_text}; "
+            f"others' worst: {others}) -> {verdict}"
         )
+    if report.get("prediction_log"):
+        print(f"prediction log of ours-logged: {report['prediction_log']}")
     print(f"client headroom: {report['client_check']}")
     others = max(p["other_cpu_s"] / p["elapsed_s"] for r in results.values() for p in r["phases"])
     print(
@@ -1050,19 +1184,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each phase (default 2)")
     p.add_argument("--rates", type=_csv(float), default=[50.0, 100.0, 200.0], help="open-loop req/s")
     p.add_argument("--concurrency", type=_csv(int), default=[8, 32], help="closed-loop requests in flight")
-    p.add_argument("--impls", type=_csv(str), default=list(IMPLS), help="ours,baseline")
+    p.add_argument("--impls", type=_csv(str), default=["ours", "baseline"], help=f"any of {','.join(IMPLS)}")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of every phase (default 3)")
     p.add_argument("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
     p.add_argument("--max-inflight", type=int, default=256, help="open loop: outstanding requests cap")
     p.add_argument("--rides", type=int, default=1000, help="distinct validation rides cycled as requests")
     p.add_argument("--omp-num-threads", type=int, default=None, help="set OMP_NUM_THREADS in both servers")
-    p.add_argument("--prediction-log", action="store_true", help="our server logs every prediction")
+    p.add_argument(
+        "--prediction-log",
+        choices=("on", "off", "both"),
+        nargs="?",
+        const="on",
+        default="off",
+        help="our server logs every prediction (on; alone = on), not (off, default), or both servers\n"
+        "side by side (both: ours and ours-logged, to measure what the log costs)",
+    )
+    p.add_argument(
+        "--mlflow-baseline",
+        action="store_true",
+        help="also `mlflow models serve` (one worker) of the same model, registered in a sqlite registry",
+    )
     p.add_argument("--no-calibration", action="store_true", help="skip the trivial-endpoint client check")
     p.add_argument("--generated-rows", type=int, default=20_000, help="rows/month if data is generated")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--keep-logs", type=Path, default=None, help="copy server logs into this directory")
     p.add_argument("--json-out", type=Path, default=None)
-    p.add_argument("--child", choices=("build", "client", "trivial"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("build", "register", "client", "trivial"), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -1070,6 +1217,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.impls) - set(IMPLS)
     if unknown:
         p.error(f"--impls: unknown {', '.join(sorted(unknown))}; choose from {', '.join(IMPLS)}")
+    impls = list(dict.fromkeys(args.impls))
+    if "ours" in impls and args.prediction_log != "off":
+        # on: our server is the logged one; both: the two side by side, unlogged first.
+        at = impls.index("ours")
+        impls[at : at + 1] = ["ours-logged"] if args.prediction_log == "on" else ["ours", "ours-logged"]
+    if args.mlflow_baseline and "mlflow" not in impls:
+        impls.append("mlflow")
+    args.impls = list(dict.fromkeys(impls))
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
     args.calibration_duration = 2.0 if args.quick else 5.0
@@ -1104,6 +1259,7 @@ def _versions() -> dict[str, str]:
         "flask",
         "gunicorn",
         "xgboost",
+        "mlflow",
         "pandas",
         "numpy",
         "aiohttp",
@@ -1117,7 +1273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         spec = json.loads(args.spec)
-        {"build": child_build, "client": child_client, "trivial": child_trivial}[args.child](spec)
+        children = {"build": child_build, "register": child_register, "client": child_client}
+        {**children, "trivial": child_trivial}[args.child](spec)
         return 0
     check_dependencies(args.impls)
 
@@ -1133,14 +1290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         loadavg_start = os.getloadavg()
         if loadavg_start[0] > 1.0:
             _progress(f"note: 1-minute load average is {loadavg_start[0]:.2f}: other work is running")
-        model = build_model(procs, args, args.model_dir or scratch / "model")
+        model_dir = args.model_dir or scratch / "model"
+        model = build_model(procs, args, model_dir)
+        if "mlflow" in args.impls:
+            model = register_model(procs, model, model_dir)
         calib: dict[str, Any] = {}
         if not args.no_calibration:
             _progress("calibrating the load client ...")
             calib = calibrate(procs, args, [json.dumps({"instances": [r]}) for r in model["rides"]], scratch)
         servers = [start_server(procs, args, impl, model, scratch) for impl in args.impls]
+        log_stats: dict[str, Any] = {}
         try:
             results = bench_interleaved(procs, args, servers)
+            log_stats = prediction_log_stats(servers, results)
         finally:
             for running in servers:
                 procs.stop(running.proc)
@@ -1163,6 +1325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "calibration": calib,
             "results": results,
+            "prediction_log": log_stats,
         }
         report["summary"] = summarize(results, args)
         report["client_check"] = client_check(calib, results)
