@@ -62,6 +62,7 @@ from kserve.logging import KSERVE_LOGGER_NAME, KSERVE_TRACE_LOGGER_NAME, configu
 from components.errors import TaxiMlopsError
 from components.names import SERVED_MODEL_NAME
 from serving import error_responses
+from serving.fault_injection import install_test_faults
 from serving.model_source import normalize_sha256
 from serving.predictor import ModelSpec, TripDurationPredictor, install_request_metrics
 from serving.trip_request import DEFAULT_MAX_BATCH_ROWS, RequestLimits, TripDataPlane
@@ -231,6 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before start(): the REST (and gRPC) server take the data plane from here.
     server.dataplane = TripDataPlane(model_registry=server.registered_models)
     error_responses.install(kserve.model_server.app)
+    try:
+        faults = install_test_faults(kserve.model_server.app, model.record.version_label)
+    except TaxiMlopsError as exc:
+        print(f"serving: not starting: {exc}", file=sys.stderr)
+        return EXIT_LOAD_FAILED
+    if faults is not None:
+        kserve.logging.logger.warning("TEST FAULTS injected into this predictor: %s", faults)
     install_request_metrics(kserve.model_server.app, model)  # outermost of ours: it sees every status
     try:
         server.start([model])

@@ -423,3 +423,59 @@ def local_scorer() -> Callable[[Revision], TripDurationModel]:
         return loaded[key]
 
     return score
+
+
+class CanaryJudgeLoop:
+    """Runs :func:`judge_once` every ``policy.interval_seconds`` on a daemon thread (``taxi-mlops serve``).
+
+    A failed analysis (the splitter not answering yet, an unreadable file) is reported through
+    ``progress`` and in :attr:`last_error`, and the loop carries on: the next analysis
+    gathers the evidence afresh. Nothing is acted on without a complete analysis.
+    """
+
+    def __init__(
+        self,
+        actions: RolloutActions,
+        ops: OpsSource,
+        folders: JudgeFolders,
+        score: Callable[[Revision], TripDurationModel],
+        policy: CanaryPolicy | None = None,
+        progress: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        import threading
+
+        self.actions, self.ops, self.folders, self.score = actions, ops, folders, score
+        self.policy = policy or CanaryPolicy()
+        self.progress = progress
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="canary-judge", daemon=True)
+
+    def start(self) -> CanaryJudgeLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> CanaryJudgeLoop:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.policy.interval_seconds):
+            try:
+                decision = judge_once(self.actions, self.ops, self.folders, self.score, self.policy)
+            except Exception as exc:  # one failed analysis must not end the judging
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.progress(f"canary judge: analysis failed: {self.last_error}")
+                continue
+            self.last_error = None
+            if decision is not None and decision["action"] != "hold":
+                self.progress(
+                    f"canary judge: {decision['verdict']} -> {decision['action']} "
+                    f"(version {decision['canary']} at {decision['percent']}%): {decision['reason']}"
+                )
