@@ -49,3 +49,21 @@ REVISION_HEADER: Final = "x-taxi-revision"  # champion or canary, stamped by the
 REQUEST_ID_HEADER: Final = "x-request-id"  # the client's id for the request (echoed, logged)
 CLOUDEVENT_ID_HEADER: Final = "ce-id"  # CloudEvents binary mode: the event id names the request too
 EVENT_TIME_HEADER: Final = "x-event-time"  # ISO 8601 event time (a replay's pickup time)
+# --- the cluster's inference-log sink (serving/inference_log_sink.py, manifests/base/inference-log-sink)
+# KServe's payload logger posts every request/response of the predictor pods to it as CloudEvents;
+# it writes the prediction-log segments to PREDICTION_LOG_URI.
+INFERENCE_LOG_SINK: Final = "inference-log-sink"  # Deployment, Service and ServiceAccount name
+INFERENCE_LOG_SINK_PORT: Final = 8080
+INFERENCE_LOG_SINK_URL: Final = (
+    f"http://{INFERENCE_LOG_SINK}.{NAMESPACE}.svc.cluster.local:{INFERENCE_LOG_SINK_PORT}"
+)
+#: On each predictor revision's pods: the version it serves. KServe's logger forwards the pod
+#: annotations its `metadataAnnotations` names, so every logged event says which version answered.
+MODEL_VERSION_ANNOTATION: Final = "taxi-mlops/model-version"
+#: The model server's HTTP port in the ServingRuntime (--http_port): its /metrics too.
+PREDICTOR_HTTP_PORT: Final = 8080
+# How the cluster Prometheus finds what to scrape: these pod annotations (the common convention).
+PROMETHEUS_SCRAPE_ANNOTATION: Final = "prometheus.io/scrape"
+PROMETHEUS_PORT_ANNOTATION: Final = "prometheus.io/port"
+PROMETHEUS_PATH_ANNOTATION: Final = "prometheus.io/path"
+METRICS_PATH: Final = "/metrics"

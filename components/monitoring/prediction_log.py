@@ -22,6 +22,11 @@ How it is written, and why:
   segment a second a day is ~86,400 small files; compacting them is the
   monitor's job, not the predictor's.
 
+``on_segment`` (optional) is called on the writer thread with the path of each
+segment once it is complete on disk: the cluster's inference-log sink
+(``serving.inference_log_sink``) uses it to ship each segment to MinIO. It must
+return quickly; an exception it raises is logged and costs nothing else.
+
 Reading (:func:`read_prediction_log`) takes only ``.parquet`` files; ``.tmp``
 files are writes in progress or the remains of a kill and are never data. A
 ``.parquet`` segment that cannot be read (damaged on disk after it was
@@ -34,11 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +82,8 @@ DEFAULT_MAX_BYTES: Final = 32 * 1024 * 1024
 UNKNOWN_REVISION: Final = "unknown"
 # Per row: two int64 ids, two float64 and the timestamps; strings counted by length.
 _FIXED_ROW_BYTES: Final = 8 * 6
+
+log = logging.getLogger(__name__)
 
 
 class PredictionLogError(TaxiMlopsError):
@@ -131,6 +139,7 @@ class PredictionLogWriter:
 
     ``start=False`` leaves the thread unstarted until :meth:`start` (tests use it
     to fill the queue). :meth:`close` writes what is queued and stops the thread.
+    ``on_segment(path)`` is called after each segment is complete (see the module docstring).
     """
 
     def __init__(
@@ -142,8 +151,10 @@ class PredictionLogWriter:
         max_rows: int = DEFAULT_MAX_ROWS,
         max_bytes: int = DEFAULT_MAX_BYTES,
         start: bool = True,
+        on_segment: Callable[[Path], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.on_segment = on_segment
         self.directory.mkdir(parents=True, exist_ok=True)
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
@@ -266,7 +277,7 @@ class PredictionLogWriter:
 
     def _flush(self, batches: Sequence[_Batch], rows: int) -> None:
         try:
-            self._write_segment(batches)
+            path = self._write_segment(batches)
         except Exception:  # a failed write costs records, never the writer thread
             with self._lock:
                 self._errors += 1
@@ -275,6 +286,11 @@ class PredictionLogWriter:
         with self._lock:
             self._written += rows
             self._segments += 1
+        if self.on_segment is not None:
+            try:
+                self.on_segment(path)
+            except Exception:  # the segment is on disk either way; its consumer's failure is its own
+                log.exception("prediction log: on_segment failed for %s", path)
 
     def _write_segment(self, batches: Sequence[_Batch]) -> Path:
         table = records_table(batches)
