@@ -25,6 +25,16 @@ annotations into the Knative revision template, so changing them on promote or
 rollback would start a needless new revision. Hence the name "baseline" (the
 version that serves the rest while ``canaryTrafficPercent`` is set), not
 "champion": after a promote they still name the old champion, and are ignored.
+
+Every predictor revision is logged and scraped (docs/cluster-contract.md, "The
+inference-log sink"): the predictor spec carries KServe's payload ``logger``
+pointed at our sink, and pod annotations that the same revision keeps for its
+whole life -- the model version it serves (which the logger forwards, since its
+events say nothing else about the answering revision; see
+``serving.inference_log_sink``) and the ``prometheus.io`` scrape annotations
+for its ``/metrics``. Both are written with every model change (first
+deployment and canary), never on promote or rollback, and a merge patch leaves
+fields it does not name alone, so they survive every patch.
 """
 
 from __future__ import annotations
@@ -34,9 +44,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.names import (
+    EVENT_TIME_HEADER,
+    INFERENCE_LOG_SINK_URL,
     INFERENCE_SERVICE,
+    METRICS_PATH,
+    MODEL_VERSION_ANNOTATION,
     NAMESPACE,
+    PREDICTOR_HTTP_PORT,
     PREDICTOR_SERVICE_ACCOUNT,
+    PROMETHEUS_PATH_ANNOTATION,
+    PROMETHEUS_PORT_ANNOTATION,
+    PROMETHEUS_SCRAPE_ANNOTATION,
+    REQUEST_ID_HEADER,
     RUNTIME_MODEL_FORMAT,
     SERVING_RUNTIME,
 )
@@ -75,6 +94,24 @@ RESOURCES: dict[str, dict[str, str]] = {
 }
 
 
+# KServe's logger mode: "all" sends the request and, for a 200, the response (both are needed:
+# the inputs are in one, the minutes in the other).
+LOGGER_MODE = "all"
+
+
+def go_header_name(name: str) -> str:
+    """``x-request-id`` -> ``X-Request-Id``: the form Go's net/http keys request headers by.
+
+    KServe's agent compares ``metadataHeaders`` with those keys as they are
+    (kserve v0.19.0 pkg/logger/handler.go:131-140), so a lower-case entry never matches.
+    """
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+#: Request headers the logger forwards to the sink (in the events' ``Ce-Metadata``).
+LOGGED_REQUEST_HEADERS = (go_header_name(REQUEST_ID_HEADER), go_header_name(EVENT_TIME_HEADER))
+
+
 @dataclass(frozen=True)
 class IsvcRef:
     """Which InferenceService: the contract's name and namespace unless told otherwise."""
@@ -107,6 +144,8 @@ def first_deployment(revision: Revision, ref: IsvcRef = IsvcRef()) -> dict[str, 
                 # revisions stay within a laptop's budget.
                 "minReplicas": 1,
                 "maxReplicas": 1,
+                "annotations": _revision_annotations(revision),
+                "logger": _logger(),
                 "model": _model(revision),
             }
         },
@@ -135,7 +174,16 @@ def canary_patch(
                 BASELINE_STORAGE_URI: baseline.model_uri,
             },
         ),
-        "spec": {"predictor": {"canaryTrafficPercent": percent, "model": _model(canary)}},
+        # The logger is repeated (the same object) so that a canary of an InferenceService made
+        # before it existed is logged too; the annotations are the new revision's own.
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": percent,
+                "annotations": _revision_annotations(canary),
+                "logger": _logger(),
+                "model": _model(canary),
+            }
+        },
     }
 
 
@@ -152,6 +200,28 @@ def rollback_patch(*, resource_version: str | None = None) -> dict[str, Any]:
     return {
         "metadata": _metadata_patch(resource_version),
         "spec": {"predictor": {"canaryTrafficPercent": 0}},
+    }
+
+
+def _logger() -> dict[str, Any]:
+    return {
+        "mode": LOGGER_MODE,
+        "url": INFERENCE_LOG_SINK_URL,
+        "metadataHeaders": list(LOGGED_REQUEST_HEADERS),
+        "metadataAnnotations": [MODEL_VERSION_ANNOTATION],
+    }
+
+
+def _revision_annotations(revision: Revision) -> dict[str, str]:
+    # Component annotations reach the revision's pods (KServe v0.19.0 predictor.go:170,
+    # buildObjectMeta; ksvc_reconciler.go template annotations): the pods the logger's agent and
+    # the cluster Prometheus look at. KServe's own enable-prometheus-scraping would point at the
+    # queue-proxy (9091) instead, and its aggregation needs the qpext queue-proxy image.
+    return {
+        MODEL_VERSION_ANNOTATION: revision.model_version,
+        PROMETHEUS_SCRAPE_ANNOTATION: "true",
+        PROMETHEUS_PORT_ANNOTATION: str(PREDICTOR_HTTP_PORT),
+        PROMETHEUS_PATH_ANNOTATION: METRICS_PATH,
     }
 
 

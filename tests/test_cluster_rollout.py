@@ -291,6 +291,10 @@ def test_first_deployment_creates_the_isvc_and_waits_for_ready(fake_kube, target
     # Read (absent), create, then poll: one read still sees no status, the next one is settled.
     assert fake.calls() == [("GET", ISVC), ("POST", COLLECTION), ("GET", ISVC), ("GET", ISVC)]
     assert fake.writes() == [("POST", COLLECTION, "application/json", kd.first_deployment(_revision("1")))]
+    # Every revision is logged to the inference-log sink and says which version it runs.
+    created = fake.writes()[0][3]["spec"]["predictor"]
+    assert created["logger"]["url"] == "http://inference-log-sink.taxi-mlops.svc.cluster.local:8080"
+    assert created["annotations"]["taxi-mlops/model-version"] == "1"
     assert transition.state.champion == _revision("1")
     assert transition.state.canary is None
     assert (_alias(tracking_uri, "champion"), _alias(tracking_uri, "challenger")) == ("1", None)
@@ -400,6 +404,10 @@ def test_canary_promote_rollback_move_the_isvc_and_aliases_together(fake_kube, t
         },
     ]
     assert (rolled_back.state.champion, rolled_back.state.canary) == (_revision("2"), None)
+    # Promote and rollback never touched the logger or the revisions' annotations.
+    predictor = fake.objects["taxi-duration"]["spec"]["predictor"]
+    assert predictor["logger"] == kd.first_deployment(_revision("1"))["spec"]["predictor"]["logger"]
+    assert predictor["annotations"]["taxi-mlops/model-version"] == "3"
     assert (_alias(tracking_uri, "champion"), _alias(tracking_uri, "challenger")) == ("2", None)
 
     fake.requests.clear()

@@ -16,6 +16,23 @@ SHA2 = "2" * 64
 V1 = Revision("1", f"s3://models/taxi-trip-duration/{SHA1}/", SHA1)
 V2 = Revision("2", f"s3://models/taxi-trip-duration/{SHA2}/", SHA2)
 RESOURCES = {"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+# KServe's payload logger -> our inference-log sink (docs/cluster-contract.md). The header names are
+# Go's canonical forms: the agent matches metadataHeaders against them as they are.
+LOGGER = {
+    "mode": "all",
+    "url": "http://inference-log-sink.taxi-mlops.svc.cluster.local:8080",
+    "metadataHeaders": ["X-Request-Id", "X-Event-Time"],
+    "metadataAnnotations": ["taxi-mlops/model-version"],
+}
+
+
+def _pod_annotations(revision: Revision) -> dict:
+    return {
+        "taxi-mlops/model-version": revision.model_version,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def _model(revision: Revision) -> dict:
@@ -48,6 +65,16 @@ def test_first_deployment_is_the_whole_isvc_at_100_percent():
     assert predictor["serviceAccountName"] == "taxi-duration-predictor"
     assert predictor["minReplicas"] == 1
     assert predictor["maxReplicas"] == 1
+    assert predictor["logger"] == LOGGER
+    assert predictor["annotations"] == _pod_annotations(V1)
+    assert set(predictor) == {
+        "serviceAccountName",
+        "minReplicas",
+        "maxReplicas",
+        "annotations",
+        "logger",
+        "model",
+    }
     model = predictor["model"]
     assert model["modelFormat"] == {"name": "taxi-duration", "version": "1"}
     assert model["runtime"] == "taxi-duration-runtime"
@@ -76,8 +103,42 @@ def test_canary_patch_sets_the_new_model_percent_and_baseline():
                 "taxi-mlops/baseline-storage-uri": f"s3://models/taxi-trip-duration/{SHA1}/",
             },
         },
-        "spec": {"predictor": {"canaryTrafficPercent": 20, "model": _model(V2)}},
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 20,
+                "annotations": _pod_annotations(V2),
+                "logger": LOGGER,
+                "model": _model(V2),
+            }
+        },
     }
+
+
+def test_go_header_names():
+    assert kd.go_header_name("x-request-id") == "X-Request-Id"
+    assert kd.go_header_name("X-EVENT-TIME") == "X-Event-Time"
+    assert kd.go_header_name("ce-id") == "Ce-Id"
+
+
+def test_every_revision_keeps_its_logger_and_its_own_version_annotation():
+    # A merge patch leaves what it does not name: promote and rollback keep the canary's logger and
+    # annotations (no new revision), the canary's own annotation replaces the champion's in the spec.
+    first = kd.first_deployment(V1)
+    canary = merge_patch(first, kd.canary_patch(V2, V1, 20))
+    for stage, body in {
+        "first": first,
+        "canary": canary,
+        "promoted": merge_patch(canary, kd.promote_patch()),
+        "rolled back": merge_patch(canary, kd.rollback_patch()),
+    }.items():
+        predictor = body["spec"]["predictor"]
+        assert predictor["logger"] == LOGGER, stage
+        version = V1 if stage == "first" else V2
+        assert predictor["annotations"] == _pod_annotations(version), stage
+    # A canary of an InferenceService made before the logger existed gets it too.
+    old = merge_patch(first, {"spec": {"predictor": {"logger": None, "annotations": None}}})
+    assert "logger" not in old["spec"]["predictor"]
+    assert merge_patch(old, kd.canary_patch(V2, V1, 20))["spec"]["predictor"]["logger"] == LOGGER
 
 
 @pytest.mark.parametrize("percent", [0, -1, 101, 20.0, "20"])
@@ -140,6 +201,11 @@ def test_every_stage_is_a_valid_inference_service_for_the_kserve_schema():
         assert validate_resource(body) == [], stage
     broken = merge_patch(canary, {"spec": {"predictor": {"canaryTrafficPercent": "20"}}})
     assert validate_resource(broken), "a string percent must fail the schema"
+    # The derived schema knows the logger's fields (kserve SDK 0.21 V1beta1LoggerSpec): a misspelt one fails.
+    misspelt = merge_patch(first, {"spec": {"predictor": {"logger": {"metadataHeader": ["X-Request-Id"]}}}})
+    assert any("'metadataHeader' was unexpected" in error for error in validate_resource(misspelt))
+    wrong_mode = merge_patch(first, {"spec": {"predictor": {"logger": {"metadataAnnotations": "a"}}}})
+    assert validate_resource(wrong_mode), "a string for the annotations list must fail the schema"
 
 
 def test_an_isvc_not_made_here_is_refused():
