@@ -46,7 +46,7 @@ SECRET_NAME = names.S3_SECRET
 RUNTIME = names.SERVING_RUNTIME
 PREDICTOR_ACCOUNT = names.PREDICTOR_SERVICE_ACCOUNT
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-BUCKETS = {"kfp-artifacts", "mlflow", "models", "tlc-data"}
+BUCKETS = {"kfp-artifacts", "mlflow", "models", "tlc-data", names.MONITORING_BUCKET}
 PIPELINE_IMAGE = "docker.io/taxi-mlops/pipeline:0.1.0"
 PREDICTOR_IMAGE = "docker.io/taxi-mlops/predictor:0.1.0"
 PREDICTOR_KIND_IMAGE = "kind.local/taxi-mlops/predictor:0.1.0"
@@ -55,8 +55,10 @@ RUNTIME_ARGS = [
     "--model-uri=/mnt/models",
     "--model-sha256=$(TAXI_MLOPS_MODEL_SHA256)",
     "--model-version=$(TAXI_MLOPS_MODEL_VERSION)",
-    "--http_port=8080",
+    # The predictor pods' prometheus.io/port (serving/kserve_deploy.py) is this port.
+    f"--http_port={names.PREDICTOR_HTTP_PORT}",
 ]
+SINK = names.INFERENCE_LOG_SINK
 
 # Throwaway credentials for rendering only; the test checks the rendered Secret carries them.
 TEST_ACCESS_KEY = "render-test-user"
@@ -169,6 +171,11 @@ def test_base_and_overlay_render_the_expected_objects(base: list[dict[str, Any]]
         ("ConfigMap", KFP_NS, "kfp-launcher"),
         ("Role", NS, "taxi-mlops-deployer"),
         ("RoleBinding", NS, "taxi-mlops-deployer"),
+        ("ServiceAccount", NS, SINK),
+        ("Role", NS, SINK),
+        ("RoleBinding", NS, SINK),
+        ("Deployment", NS, SINK),
+        ("Service", NS, SINK),
     }
     assert ids(base) == expected_base
     assert ids(kind_overlay) == expected_base | {
@@ -365,8 +372,8 @@ def test_every_image_is_pinned(base: list[dict[str, Any]], kind_overlay, kind_co
             assert tag not in {"latest", "master", "main", "nightly"}, image
     node_image = kind_config["nodes"][0]["image"]
     assert re.fullmatch(r"kindest/node:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}", node_image), node_image
-    mlflow = find(base, "Deployment", "mlflow")
-    assert pod_spec(mlflow)["containers"][0]["image"] == PIPELINE_IMAGE
+    for name in ("mlflow", SINK):
+        assert pod_spec(find(base, "Deployment", name))["containers"][0]["image"] == PIPELINE_IMAGE
     assert find(base, "ServingRuntime", RUNTIME)["spec"]["containers"][0]["image"] == PREDICTOR_IMAGE
     overlay_runtime = find(kind_overlay, "ServingRuntime", RUNTIME)
     assert overlay_runtime["spec"]["containers"][0]["image"] == PREDICTOR_KIND_IMAGE
@@ -464,6 +471,64 @@ def test_mlflow_server(base: list[dict[str, Any]]) -> None:
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(5000, "http")]
 
 
+def test_inference_log_sink_follows_the_names_the_code_uses(base: list[dict[str, Any]]) -> None:
+    deployment = find(base, "Deployment", SINK, NS)
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    template = deployment["spec"]["template"]
+    spec = template["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["python", "-m", "serving.inference_log_sink"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    assert args == {
+        "host": "0.0.0.0",
+        "port": str(names.INFERENCE_LOG_SINK_PORT),
+        "spool-dir": args["spool-dir"],
+        "log-uri": names.PREDICTION_LOG_URI,
+        "monitor-uri": names.MONITOR_URI,
+        "revision-roles": "isvc",
+    }
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", names.INFERENCE_LOG_SINK_PORT)
+    env = env_of(container)
+    assert env["S3_ENDPOINT_URL"] == S3_ENDPOINT_URL
+    for key in SECRET_KEYS:
+        assert env[key] == {"secretKeyRef": {"name": SECRET_NAME, "key": key}}
+    # Read-only root: the spool is an emptyDir at --spool-dir.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    spool = next(v for v in spec["volumes"] if v["name"] == mounts[args["spool-dir"]])
+    assert "emptyDir" in spool
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # The cluster Prometheus finds the sink like the predictor pods (serving/kserve_deploy.py).
+    assert template["metadata"]["annotations"] == {
+        names.PROMETHEUS_SCRAPE_ANNOTATION: "true",
+        names.PROMETHEUS_PORT_ANNOTATION: str(names.INFERENCE_LOG_SINK_PORT),
+        names.PROMETHEUS_PATH_ANNOTATION: names.METRICS_PATH,
+    }
+    # names.INFERENCE_LOG_SINK_URL, the InferenceService's logger url, is this Service.
+    service = find(base, "Service", SINK, NS)
+    assert service["spec"]["selector"] == template["metadata"]["labels"]
+    (service_port,) = service["spec"]["ports"]
+    assert (
+        f"http://{service['metadata']['name']}.{NS}.svc.cluster.local:{service_port['port']}"
+    ) == names.INFERENCE_LOG_SINK_URL
+    assert service_port["targetPort"] == "http"
+    # Its token may read the one InferenceService and nothing else.
+    assert spec["serviceAccountName"] == SINK and spec["automountServiceAccountToken"] is True
+    assert find(base, "Role", SINK, NS)["rules"] == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": [names.INFERENCE_SERVICE],
+            "verbs": ["get"],
+        }
+    ]
+    binding = find(base, "RoleBinding", SINK, NS)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SINK}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SINK, "namespace": NS}]
+
+
 def test_minio_and_bucket_job(base: list[dict[str, Any]]) -> None:
     service = find(base, "Service", "minio", NS)
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"s3": 9000, "console": 9001}
@@ -523,7 +588,8 @@ def test_security_contexts_and_resources(base: list[dict[str, Any]], kind_overla
             assert security["capabilities"]["drop"] == ["ALL"], where
             pod_security = spec.get("securityContext", {})
             assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True, where
-    assert checked == 2 * 5  # minio, mlflow, the Job's two containers, the runtime; base and overlay
+    # minio, mlflow, the inference-log sink, the Job's two containers, the runtime; base and overlay
+    assert checked == 2 * 6
 
 
 def _cpu_millis(value: str) -> int:
