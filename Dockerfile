@@ -1,5 +1,8 @@
 # The project's own image: every KFP component runs in it (base_image in
-# pipelines/kfp_components.py), so pods start without pip installs.
+# pipelines/kfp_components.py), so pods start without pip installs. The cluster's
+# MLflow server and inference-log sink (`python -m serving.inference_log_sink`,
+# manifests/base/inference-log-sink) run from it too: plain Deployments, so unlike
+# the predictor image (a Knative revision) the kind overlay needs no rename for it.
 #   docker build -t docker.io/taxi-mlops/pipeline:0.1.0 .
 FROM python:3.11-slim AS base
 
