@@ -25,6 +25,8 @@ from components.names import (
     SERVED_MODEL_NAME,
 )
 from components.storage.atomic_write import write_atomically
+from pipelines.cli_canary import canary, canary_policy_option, decision_lines, local_judge, parse_policy
+from pipelines.cli_options import state_dir_option as _state_dir_option
 from pipelines.settings import Settings
 
 MONTH = click.STRING
@@ -332,14 +334,6 @@ def _rollout_target(settings: Settings) -> Any:
     )
 
 
-def _state_dir_option(command: Any) -> Any:
-    return click.option(
-        "--state-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Local state folder [env TAXI_MLOPS_STATE_DIR; default ./.taxi-mlops].",
-    )(command)
-
-
 def _cluster_options(command: Any) -> Any:
     """--cluster and how to reach it, shared by deploy/promote/rollback/status."""
     options = [
@@ -533,6 +527,23 @@ def status(
     _reconcile_aliases(settings)
     click.echo(f"desired: {state.describe()}")
     _show_live(url)
+    _show_canary_analysis(settings, live_canary=state.canary is not None)
+
+
+def _show_canary_analysis(settings: Settings, live_canary: bool) -> None:
+    """The judge's newest decision: the current analysis of a live canary, else the last verdict."""
+    from serving.canary_judge import CanaryJudgeError, last_decision
+
+    try:
+        decision = last_decision(settings.canary_dir)
+    except CanaryJudgeError as problem:
+        click.echo(f"canary judge: {problem}")
+        return
+    if decision is None:
+        return
+    click.echo("canary judge, current analysis:" if live_canary else "canary judge, last verdict:")
+    for line in decision_lines(decision):
+        click.echo("  " + line)
 
 
 def _show_live(url: str) -> None:
@@ -749,9 +760,19 @@ def _deployed_champion(settings: Settings) -> str:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
+@click.option(
+    "--canary-judge/--no-canary-judge",
+    default=True,
+    show_default=True,
+    help="Judge a live canary on its evidence and promote or roll it back by itself.",
+)
+@canary_policy_option
 @_state_dir_option
-def serve(host: str, port: int, state_dir: Path | None) -> None:
-    """Run the local serving stack in the foreground: traffic splitter + one predictor per revision."""
+def serve(
+    host: str, port: int, canary_judge: bool, policy_overrides: tuple[str, ...], state_dir: Path | None
+) -> None:
+    """Run the local serving stack in the foreground: traffic splitter + one predictor per revision,
+    and the canary judge."""
     from components.registry.versions import CHAMPION, version_for_alias
     from serving.deployment_state import load_state
     from serving.local_stack import run_local_stack
@@ -768,18 +789,30 @@ def serve(host: str, port: int, state_dir: Path | None) -> None:
     else:
         _reconcile_aliases(settings)
     base = f"http://{host}:{port}"
+    policy = parse_policy(policy_overrides)  # a bad override stops `serve` before it starts anything
     click.echo(
         "try:\n"
         f"  curl -s {base}/v1/models/{SERVED_MODEL_NAME}:predict -H 'Content-Type: application/json' \\\n"
         """    -d '{"instances": [{"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}]}'"""
     )
-    run_local_stack(
-        settings.deployment_state_path,
-        host=host,
-        port=port,
-        log_dir=settings.state_dir / "deployment" / "logs",
-        progress=click.echo,
-    )
+    judge = local_judge(settings, base, policy) if canary_judge else None
+    if judge is not None:
+        click.echo(
+            f"canary judge: on, an analysis every {policy.interval_seconds:g} s "
+            f"(decisions in {settings.canary_dir}; --no-canary-judge turns it off)"
+        )
+        judge.start()
+    try:
+        run_local_stack(
+            settings.deployment_state_path,
+            host=host,
+            port=port,
+            log_dir=settings.state_dir / "deployment" / "logs",
+            progress=click.echo,
+        )
+    finally:
+        if judge is not None:
+            judge.stop()
 
 
 def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -909,6 +942,8 @@ def observe(
     )
     run_observability(config, progress=click.echo)
 
+
+main.add_command(canary)
 
 if __name__ == "__main__":
     main()

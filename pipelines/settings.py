@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.names import (
+    CANARY_DIR_NAME,
     EXPERIMENT_NAME,
     LABELS_DIR_NAME,
     MONITOR_DIR_NAME,
@@ -61,6 +62,11 @@ class Settings:
     def labels_dir(self) -> Path:
         """Actual durations joined to the logged predictions, one file per month (``labels``)."""
         return self.deployment_state_path.parent / LABELS_DIR_NAME
+
+    @property
+    def canary_dir(self) -> Path:
+        """The canary judge's memory, decisions and pages (serving/canary_judge.py)."""
+        return self.deployment_state_path.parent / CANARY_DIR_NAME
 
     @property
     def monitor_dir(self) -> Path:

@@ -244,8 +244,13 @@ def judge_once(
     policy: CanaryPolicy | None = None,
     *,
     now: datetime | None = None,
+    on_decision: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> dict[str, Any] | None:
-    """One analysis of the live canary and its action; the recorded decision, or None without a canary."""
+    """One analysis of the live canary and its action; the recorded decision, or None without a canary.
+
+    ``on_decision(decision, report_path)`` runs once the decision and its page are on disk (the
+    CLI logs an MLflow run there); if it raises, the decision stands and the error propagates.
+    """
     policy = policy or CanaryPolicy()
     wall = (now or datetime.now(UTC)).astimezone(UTC)
     state = actions.state()
@@ -303,11 +308,15 @@ def judge_once(
     decision = _decision(analysis, wall, evidence, memory, pairs, message)
     append_record(folders.canary_dir / HISTORY_FILE, decision)
     write_latest(folders.canary_dir / LATEST_FILE, decision)
-    write_report(folders.canary_dir, state.canary.model_version, (pairs.actual, pairs.champion, pairs.canary))
+    report = write_report(
+        folders.canary_dir, state.canary.model_version, (pairs.actual, pairs.champion, pairs.canary)
+    )
     if analysis.action in ("promote", "rollback"):
         memory_path.unlink(missing_ok=True)
     else:
         memory.save(memory_path)
+    if on_decision is not None:
+        on_decision(decision, report)
     return decision
 
 
@@ -441,12 +450,14 @@ class CanaryJudgeLoop:
         score: Callable[[Revision], TripDurationModel],
         policy: CanaryPolicy | None = None,
         progress: Callable[[str], None] = lambda _line: None,
+        on_decision: Callable[[dict[str, Any], Path], None] | None = None,
     ) -> None:
         import threading
 
         self.actions, self.ops, self.folders, self.score = actions, ops, folders, score
         self.policy = policy or CanaryPolicy()
         self.progress = progress
+        self.on_decision = on_decision
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="canary-judge", daemon=True)
@@ -468,7 +479,14 @@ class CanaryJudgeLoop:
     def _run(self) -> None:
         while not self._stop.wait(self.policy.interval_seconds):
             try:
-                decision = judge_once(self.actions, self.ops, self.folders, self.score, self.policy)
+                decision = judge_once(
+                    self.actions,
+                    self.ops,
+                    self.folders,
+                    self.score,
+                    self.policy,
+                    on_decision=self.on_decision,
+                )
             except Exception as exc:  # one failed analysis must not end the judging
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.progress(f"canary judge: analysis failed: {self.last_error}")

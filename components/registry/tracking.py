@@ -187,7 +187,7 @@ def log_monitor_verdict(
         },
     )
     run_id = run.info.run_id
-    try:
+    with _finished_run(client, run_id):
         metrics = {"predictions": window["predictions"], "labelled": window["labelled"]}
         metrics.update(
             {f"{name}_effect": f["effect"] for name, f in verdict["drift"].get("features", {}).items()}
@@ -207,9 +207,75 @@ def log_monitor_verdict(
                 (VERSION_RUN_TAG, run_id),
             ):
                 client.set_model_version_tag(model_name, version, key, value)
+    return run_id
+
+
+@contextmanager
+def _finished_run(client: Any, run_id: str) -> Iterator[None]:
+    """FINISHED when the block completes, FAILED if it raises: a run left RUNNING would look like
+    a monitor or a judge still at work."""
+    try:
+        yield
     except BaseException:
-        # A run that stays RUNNING would look like a monitor still at work.
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+CANARY_EXPERIMENT_SUFFIX = "-canary"
+CANARY_DECISION_ARTIFACT = "canary_decision.json"
+CANARY_REPORT_ARTIFACT = "canary_report.html"
+
+
+def log_canary_decision(
+    tracking_uri: str,
+    experiment: str,
+    decision: Mapping[str, Any],
+    artifact_location: str | None = None,
+    *,
+    model_name: str = "",
+    report_html: str = "",
+) -> str:
+    """One finished run in ``<experiment>-canary`` per canary decision that acted; returns its id.
+
+    Tagged with both versions, the verdict and the action (the MLflow UI lists a canary's
+    steps); its figures as metrics; the decision JSON and the canary's page as artifacts. With
+    ``model_name`` the canary's registered version is tagged with its newest verdict.
+    """
+    import json
+
+    client = client_for(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, experiment + CANARY_EXPERIMENT_SUFFIX, artifact_location)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"v{decision['canary']} vs v{decision['champion']}: {decision['action']}",
+        tags={
+            "champion_version": str(decision["champion"]),
+            "canary_version": str(decision["canary"]),
+            "verdict": str(decision["verdict"]),
+            "action": str(decision["action"]),
+            "percent": str(decision["percent"]),
+            "reason": str(decision.get("reason", ""))[:5000],
+        },
+    )
+    run_id = run.info.run_id
+    with _finished_run(client, run_id):
+        metrics: dict[str, float] = {"labelled_pairs": float(decision.get("labelled_pairs") or 0)}
+        accuracy = decision.get("accuracy") or {}
+        if accuracy.get("mae_ratio") is not None:
+            metrics["mae_ratio"] = float(accuracy["mae_ratio"])
+            metrics["mae_ratio_low"], metrics["mae_ratio_high"] = map(float, accuracy["ratio_ci"])
+        for role, figures in (decision.get("operations") or {}).items():
+            metrics[f"{role}_requests"] = float(figures.get("requests") or 0)
+            metrics[f"{role}_errors"] = float(figures.get("errors") or 0)
+            if figures.get("p99_ms") is not None:
+                metrics[f"{role}_p99_ms"] = float(figures["p99_ms"])
+        log_run_values(tracking_uri, run_id, metrics=metrics)
+        client.log_text(run_id, json.dumps(decision, indent=2), CANARY_DECISION_ARTIFACT)
+        if report_html:
+            client.log_text(run_id, report_html, CANARY_REPORT_ARTIFACT)
+        if model_name:
+            client.set_model_version_tag(
+                model_name, str(decision["canary"]), "canary_verdict", str(decision["action"])
+            )
     return run_id
