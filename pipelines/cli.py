@@ -532,11 +532,11 @@ def status(
 
 def _show_canary_analysis(settings: Settings, live_canary: bool) -> None:
     """The judge's newest decision: the current analysis of a live canary, else the last verdict."""
-    from serving.canary_judge import CanaryJudgeError, last_decision
+    from components.canary.decision_store import DecisionStoreError, last_decision
 
     try:
         decision = last_decision(settings.canary_dir)
-    except CanaryJudgeError as problem:
+    except DecisionStoreError as problem:
         click.echo(f"canary judge: {problem}")
         return
     if decision is None:

@@ -114,7 +114,8 @@ def analyze(
     url: str, json_out: Path | None, policy_overrides: tuple[str, ...], state_dir: Path | None
 ) -> None:
     """Analyse the live canary now and act on the verdict; without one, show the last recorded verdict."""
-    from serving.canary_judge import REPORT_FILE, judge_once, last_decision
+    from components.canary.decision_store import last_decision
+    from serving.canary_judge import REPORT_FILE, judge_once
 
     settings = Settings.from_env(state_dir=state_dir)
     policy = parse_policy(policy_overrides)

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from components.canary.analysis import CanaryAnalysis, Evidence, RevisionOps, analyze
+from components.canary.decision_store import decision_history, save_decision
 from components.canary.policy import CanaryPolicy
 from components.errors import TaxiMlopsError
 from components.features.trip_features import TARGET_COLUMN
@@ -45,12 +46,9 @@ from components.models.duration_model import TripDurationModel
 from components.monitoring.labels import join_labels, read_labels
 from components.monitoring.prediction_log import read_prediction_log
 from components.storage.atomic_write import write_atomically
-from components.storage.json_records import append_record, read_records, write_latest
 from serving.deployment_state import DeploymentState, Revision
 
 MEMORY_FILE: Final = "judge.json"
-HISTORY_FILE: Final = "history.jsonl"
-LATEST_FILE: Final = "latest.json"
 REPORT_FILE: Final = "report.html"  # the newest canary's page; each canary also keeps report-v<N>.html
 CHAMPION: Final = "champion"
 CANARY: Final = "canary"
@@ -306,8 +304,7 @@ def judge_once(
     memory.analyses += 1
     memory.consecutive_failures = memory.consecutive_failures + 1 if analysis.verdict == "fail" else 0
     decision = _decision(analysis, wall, evidence, memory, pairs, message)
-    append_record(folders.canary_dir / HISTORY_FILE, decision)
-    write_latest(folders.canary_dir / LATEST_FILE, decision)
+    save_decision(folders.canary_dir, decision)
     report = write_report(
         folders.canary_dir, state.canary.model_version, (pairs.actual, pairs.champion, pairs.canary)
     )
@@ -331,29 +328,6 @@ def write_report(
     write_atomically(path, page)
     write_atomically(canary_dir / REPORT_FILE, page)
     return path
-
-
-def last_decision(canary_dir: Path) -> dict[str, Any] | None:
-    """The newest recorded decision (``latest.json``), or None before the first analysis."""
-    try:
-        return json.loads((canary_dir / LATEST_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise CanaryJudgeError(f"{canary_dir / LATEST_FILE}: unreadable canary decision ({exc})") from exc
-
-
-def decision_history(canary_dir: Path, canary_version: str | None = None) -> list[dict[str, Any]]:
-    """Every recorded decision in order (of one canary version, when given)."""
-    records = read_records(canary_dir / HISTORY_FILE, _parse_decision)
-    return [r for r in records if canary_version is None or str(r.get("canary")) == canary_version]
-
-
-def _parse_decision(text: str, source: str) -> dict[str, Any]:
-    document = json.loads(text)
-    if not isinstance(document, dict) or "verdict" not in document:
-        raise ValueError(f"{source}: not a canary decision")
-    return document
 
 
 def _act(actions: RolloutActions, analysis: CanaryAnalysis) -> str:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import TaxiMlopsError
-from components.names import MONITOR_DIR_NAME, PREDICTION_LOG_DIR_NAME, SERVED_MODEL_NAME
+from components.names import CANARY_DIR_NAME, MONITOR_DIR_NAME, PREDICTION_LOG_DIR_NAME, SERVED_MODEL_NAME
 from components.storage.atomic_write import write_atomically
 from serving.deployment_state import DeploymentState, Revision, load_state
 from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitter
@@ -259,7 +259,11 @@ class LocalStack:
         self.log_dir = Path(log_dir) if log_dir else self.state_path.parent / "predictor-logs"
         self._progress = progress or log.info
         self.targets_path = self.state_path.parent / PROMETHEUS_TARGETS_FILE
-        self.splitter = TrafficSplitter(seed=seed, monitor_dir=self.state_path.parent / MONITOR_DIR_NAME)
+        self.splitter = TrafficSplitter(
+            seed=seed,
+            monitor_dir=self.state_path.parent / MONITOR_DIR_NAME,
+            canary_dir=self.state_path.parent / CANARY_DIR_NAME,
+        )
         self._server = SplitterServer(self.splitter, host, port)
         self._processes: dict[Revision, PredictorProcess] = {}
         self._requests: queue.Queue[Future[ReconcileReport] | None] = queue.Queue()

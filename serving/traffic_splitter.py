@@ -25,7 +25,8 @@ processes, so a client sees one URL whatever the deployment looks like:
   champion is routed. With a ``monitor_dir``, ``/metrics`` also serves the newest
   monitor verdict stored there as gauges (``components.monitoring.verdict_metrics``,
   the same series the cluster's inference-log sink serves), read at each scrape;
-  a verdict that cannot be read is ``taxi_monitor_verdict_readable 0``.
+  a verdict that cannot be read is ``taxi_monitor_verdict_readable 0``. With a
+  ``canary_dir``, the canary judge's decisions too (``components.canary.decision_metrics``).
 
 The routing table is one immutable object swapped in by ``apply_routes``; each
 request reads it once, so a reload is never half-applied. The proxy is a bare
@@ -53,6 +54,7 @@ import aiohttp
 import uvicorn
 import yarl
 
+from components.canary.decision_metrics import decision_metrics_from
 from components.monitoring.verdict_metrics import verdict_metrics_text
 from components.monitoring.verdict_store import VerdictStoreError, load_latest
 from components.names import MODEL_VERSION_HEADER, REVISION_HEADER
@@ -190,9 +192,11 @@ class TrafficSplitter:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         health: RevisionHealth | None = None,
         monitor_dir: str | os.PathLike[str] | None = None,
+        canary_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._routes = routes or RoutingTable()
         self._monitor_dir = Path(monitor_dir) if monitor_dir is not None else None
+        self._canary_dir = Path(canary_dir) if canary_dir is not None else None
         self._verdict_problem = ""  # the last unreadable-verdict reason logged (logged once, not per scrape)
         self._max_body_bytes = max_body_bytes
         self._health = health or RevisionHealth()
@@ -318,7 +322,8 @@ class TrafficSplitter:
             "# TYPE taxi_splitter_generation gauge",
             f"taxi_splitter_generation {table.generation}",
         ]
-        return "\n".join(lines) + "\n" + self._verdict_text()
+        canary = decision_metrics_from(self._canary_dir) if self._canary_dir is not None else ""
+        return "\n".join(lines) + "\n" + self._verdict_text() + canary
 
     def _verdict_text(self) -> str:
         """The newest stored verdict's gauges ("" without a monitor folder)."""

@@ -18,6 +18,7 @@ import pytest
 from support.model_fixtures import ridge_revisions
 from support.tlc_fixtures import write_tlc_dir
 
+from components.canary.decision_store import HISTORY_FILE, decision_history, last_decision
 from components.canary.policy import CanaryPolicy, Step
 from components.data.ingest import load_month
 from components.data.trip_ids import trip_ids
@@ -25,15 +26,12 @@ from components.models.duration_model import MODEL_FILE_NAME, load_duration_mode
 from components.monitoring.labels import month_labels, write_labels
 from components.monitoring.prediction_log import PredictionLogWriter
 from serving.canary_judge import (
-    HISTORY_FILE,
     MEMORY_FILE,
     REPORT_FILE,
     CumulativeOps,
     JudgeFolders,
     OpsReading,
-    decision_history,
     judge_once,
-    last_decision,
     local_scorer,
 )
 from serving.deployment_state import (

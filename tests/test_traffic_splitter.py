@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -470,5 +471,38 @@ def test_metrics_serve_the_newest_monitor_verdict_and_say_when_it_is_unreadable(
 
             save_verdict(monitor_dir, {**_drift_verdict("4"), "verdict": "ok"})
             assert scrape(client)[("taxi_monitor_verdict_readable", ())] == 1
+    finally:
+        server.stop()
+
+
+def test_metrics_serve_the_canary_judges_decisions(upstreams, tmp_path):
+    """The canary rollback alert's series, from the judge's decision files, read at each scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from components.canary.decision_store import save_decision
+
+    canary_dir = tmp_path / "canary"
+    server = SplitterServer(TrafficSplitter(table(upstreams, 0), canary_dir=canary_dir), port=0)
+    server.start()
+    decision = {
+        "champion": "1",
+        "canary": "2",
+        "percent": 10,
+        "verdict": "fail",
+        "action": "rollback",
+        "next_percent": 0,
+        "checks": [{"name": "error_rate", "value": 0.1, "limit": 0.01, "passed": False, "detail": ""}],
+        "reason": "rolled back: error_rate",
+        "evaluated_at": "2026-12-01T12:00:00+00:00",
+    }
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert "taxi_canary" not in client.get("/metrics").text  # no decision yet, no series
+            save_decision(canary_dir, decision)
+            families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+            assert families["taxi_canary_analysis_percent"].samples[0].value == 0
+            rolled = families["taxi_canary_last_rollback_timestamp_seconds"].samples[0].value
+            assert rolled == datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
+            assert "taxi_splitter_generation" in families
     finally:
         server.stop()

@@ -17,9 +17,11 @@ Before the first decision nothing is exposed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from components.canary.decision_store import DecisionStoreError, decision_history, last_decision
 from components.prometheus_text import escape_label as _escape
 from components.prometheus_text import unix_seconds as _timestamp
 
@@ -87,3 +89,12 @@ def _percent_after(decision: Mapping[str, Any]) -> int:
         return 100
     next_percent = decision.get("next_percent")
     return int(next_percent if next_percent is not None else decision.get("percent") or 0)
+
+
+def decision_metrics_from(directory: str | os.PathLike[str]) -> str:
+    """The series of the decisions stored in ``directory`` ("" before the first one or if unreadable)."""
+    try:
+        latest = last_decision(directory)
+    except DecisionStoreError:
+        return ""
+    return decision_metrics_text(latest, decision_history(directory) if latest is not None else [])
