@@ -53,6 +53,8 @@ What the logger does not carry, and how the sink learns it:
   writes :data:`~components.names.MODEL_VERSION_ANNOTATION` on each revision's pods next
   to the model it runs, and the sink reads it from ``Ce-Annotations``. A v2 answer also
   states ``model_version`` in its body; when both are there they must agree.
+- *Revision* (champion/canary): nothing on a pod can say it (a promote changes it
+  without a new revision); the sink asks the InferenceService (``serving.inference_log_sink``).
 """
 
 from __future__ import annotations
