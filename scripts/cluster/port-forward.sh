@@ -4,6 +4,9 @@
 #   MinIO S3 API    http://localhost:9000   (port-forward svc/minio; for `aws s3`, `mc`, boto3)
 #   KFP UI          http://localhost:8880   (kind NodePort; port-forwarded if that is not answering)
 #   MinIO console   http://localhost:9001   (kind NodePort; port-forwarded if that is not answering)
+#   Prometheus      http://localhost:9190   (kind NodePort; port-forwarded if that is not answering)
+#   Alertmanager    http://localhost:9193   (kind NodePort; port-forwarded if that is not answering)
+#   Alert receiver  http://localhost:9195/alerts   (port-forward svc/alert-receiver)
 # The NodePort mappings exist only for clusters created with kind-config.yaml; for any other
 # cluster the same local ports are served by port-forwards instead.
 #
@@ -59,6 +62,18 @@ if listening 9001; then
 else
   forward taxi-mlops svc/minio 9001:9001 http://localhost:9001 "MinIO console"
 fi
+# The monitoring component (kind overlay): Prometheus and Alertmanager UIs, the alert receiver.
+if listening 9190; then
+  printf '  %-14s %s  (kind NodePort)\n' "Prometheus" http://localhost:9190
+else
+  forward taxi-mlops svc/prometheus 9190:9090 http://localhost:9190 "Prometheus"
+fi
+if listening 9193; then
+  printf '  %-14s %s  (kind NodePort)\n' "Alertmanager" http://localhost:9193
+else
+  forward taxi-mlops svc/alertmanager 9193:9093 http://localhost:9193 "Alertmanager"
+fi
+forward taxi-mlops svc/alert-receiver 9195:9095 http://localhost:9195/alerts "Alert receiver"
 
 # Any forward exiting (pod restarted, cluster gone) ends the script, so it never half-works.
 # (A polling loop rather than `wait -n PID...`, which needs bash 5.1; macOS ships bash 3.2.)
