@@ -43,6 +43,9 @@ MONITORING_BUCKET: Final = "monitoring"
 PREDICTION_LOG_URI: Final = f"s3://{MONITORING_BUCKET}/{PREDICTION_LOG_DIR_NAME}"
 LABELS_URI: Final = f"s3://{MONITORING_BUCKET}/{LABELS_DIR_NAME}"
 MONITOR_URI: Final = f"s3://{MONITORING_BUCKET}/{MONITOR_DIR_NAME}"
+#: The cluster canary judge's memory and decisions (serving/cluster_canary.py): judge.json,
+#: history.jsonl, latest.json, report.html, as in the local ``canary`` folder.
+CANARY_URI: Final = f"s3://{MONITORING_BUCKET}/{CANARY_DIR_NAME}"
 # HTTP headers of the serving contract: the client, the traffic splitter and the predictor speak them.
 MODEL_VERSION_HEADER: Final = "x-model-version"  # on every answer: the version that answered
 REVISION_HEADER: Final = "x-taxi-revision"  # champion or canary, stamped by the splitter
@@ -67,3 +70,9 @@ PROMETHEUS_SCRAPE_ANNOTATION: Final = "prometheus.io/scrape"
 PROMETHEUS_PORT_ANNOTATION: Final = "prometheus.io/port"
 PROMETHEUS_PATH_ANNOTATION: Final = "prometheus.io/path"
 METRICS_PATH: Final = "/metrics"
+# --- the cluster Prometheus (manifests/components/monitoring/prometheus.yaml): the canary analysis
+# pipeline reads the predictors' request, error and latency series from it (serving/prometheus_ops.py).
+PROMETHEUS_SERVICE: Final = "prometheus"
+PROMETHEUS_SERVICE_PORT: Final = 9090
+#: Fully qualified: the pipeline's pods run in the kubeflow namespace.
+PROMETHEUS_URL: Final = f"http://{PROMETHEUS_SERVICE}.{NAMESPACE}.svc.cluster.local:{PROMETHEUS_SERVICE_PORT}"

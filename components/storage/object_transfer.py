@@ -173,6 +173,20 @@ def _remove_unless_verified(client: Minio, bucket: str, key: str, expected: Stor
         pass
 
 
+def remove_object(
+    conn: S3Connection, uri: str, *, attempts: int = DEFAULT_ATTEMPTS, backoff: float = DEFAULT_BACKOFF
+) -> None:
+    """Delete the object at ``uri``, retried like an upload; an absent object is not an error
+    (S3 answers a delete of a missing key with success, so removing is idempotent)."""
+    location = object_location(uri)
+    client = conn.client()
+
+    def attempt() -> None:
+        client.remove_object(location.bucket, location.key)
+
+    _with_retries(attempt, uri=uri, endpoint=conn.endpoint, attempts=attempts, backoff=backoff)
+
+
 # ------------------------------------------------------------------ downloads
 
 

@@ -20,10 +20,9 @@ readers; the verdict store is updated there and uploaded back, history first.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,8 +32,9 @@ import pandas as pd
 
 from components.errors import TaxiMlopsError
 from components.monitoring.labels import join_labels, read_labels
+from components.monitoring.locations import LABELS_PATTERN, SEGMENT_PATTERN, local_folder
 from components.monitoring.monitor import monitor_window
-from components.monitoring.prediction_log import SEGMENT_PREFIX, SEGMENT_SUFFIX, read_prediction_log
+from components.monitoring.prediction_log import read_prediction_log
 from components.monitoring.reference_profile import ReferenceProfile
 from components.monitoring.verdict_store import HISTORY_FILE, LATEST_FILE, load_history, save_verdict
 from components.registry import tracking
@@ -44,7 +44,6 @@ from components.storage.object_transfer import (
     ObjectStoreError,
     connection_for,
     download_file,
-    download_prefix,
     upload_file,
 )
 from components.storage.s3 import SCHEME, S3Connection, parse_s3_uri
@@ -52,8 +51,6 @@ from pipelines.steps.notes import log
 from pipelines.steps.task_process import task_step
 
 REPORT_FILE: Final = "report.html"  # beside latest.json in the monitor location
-SEGMENT_PATTERN: Final = f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"  # complete segments, never .tmp
-LABELS_PATTERN: Final = "*.parquet"  # one labels file per month
 
 
 class MonitorError(TaxiMlopsError):
@@ -136,10 +133,10 @@ def monitor_step(request: MonitorRequest, s3: S3Connection | None = None) -> Mon
     version = _model_version(request)
     with tempfile.TemporaryDirectory(prefix="taxi-mlops-monitor-") as scratch:
         folder = Path(scratch)
-        with _local_folder(request.prediction_log, folder / "log", SEGMENT_PATTERN, s3) as log_dir:
+        with local_folder(request.prediction_log, folder / "log", SEGMENT_PATTERN, s3, _note) as log_dir:
             frame, start, end = _window_of_log(read_prediction_log(log_dir), request.window)
         frame = frame[frame["model_version"] == version]
-        with _local_folder(request.labels, folder / "labels", LABELS_PATTERN, s3) as labels_dir:
+        with local_folder(request.labels, folder / "labels", LABELS_PATTERN, s3, _note) as labels_dir:
             joined, _ = join_labels(frame, read_labels(labels_dir))
         window = joined.rename(columns={"minutes": "prediction"})
         registered = _registered(request, version)
@@ -229,15 +226,8 @@ def _window_of_log(log_frame: pd.DataFrame, choice: WindowChoice) -> tuple[pd.Da
     return chosen, _iso(choice.since), _iso(choice.until)
 
 
-@contextlib.contextmanager
-def _local_folder(location: str, scratch: Path, pattern: str, s3: S3Connection | None) -> Iterator[Path]:
-    """``location`` itself when it is a folder; from ``s3://`` its files matching ``pattern``, downloaded."""
-    if not location.startswith(SCHEME):
-        yield Path(location)
-        return
-    fetched = download_prefix(connection_for(location, s3), location, scratch, pattern=pattern)
-    log.info("%s: %d files downloaded", location, len(fetched))
-    yield scratch
+def _note(line: str) -> None:
+    log.info("%s", line)
 
 
 # ----------------------------------------------------------------- the outputs
