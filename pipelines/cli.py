@@ -168,11 +168,12 @@ def run(
 def _pipeline_option(command: Any) -> Any:
     return click.option(
         "--pipeline",
-        type=click.Choice(["training", "monitoring"]),
+        type=click.Choice(["training", "monitoring", "canary"]),
         default="training",
         show_default=True,
         help="training: ingest -> train -> gate -> register -> deploy; monitoring: judge a window "
-        "of the prediction log and store the verdict.",
+        "of the prediction log and store the verdict; canary: one analysis of the InferenceService's "
+        "canary, which steps it up, promotes or rolls it back (run it on a --schedule).",
     )(command)
 
 
@@ -202,6 +203,10 @@ def compile_command(output: Path | None, pipeline: str, cluster: bool) -> None:
         from pipelines.monitoring_pipeline import compile_monitoring_pipeline
 
         compile_monitoring_pipeline(str(output))
+    elif pipeline == "canary":
+        from pipelines.canary_pipeline import compile_canary_pipeline
+
+        compile_canary_pipeline(str(output))
     else:
         from pipelines.training_pipeline import compile_pipeline
 
@@ -209,7 +214,7 @@ def compile_command(output: Path | None, pipeline: str, cluster: bool) -> None:
     click.echo(f"wrote {output}")
 
 
-# Options only the training pipeline takes: refused with --pipeline monitoring when given.
+# Options only one pipeline takes: refused with another --pipeline when given.
 _TRAINING_ONLY = (
     "color",
     "train_month",
@@ -222,6 +227,8 @@ _TRAINING_ONLY = (
     "no_deploy",
 )
 _MONITORING_ONLY = ("last_hours", "model_version")
+_CANARY_ONLY = ("policy_overrides",)
+_OPTIONS_OF = {"training": _TRAINING_ONLY, "monitoring": _MONITORING_ONLY, "canary": _CANARY_ONLY}
 
 
 @main.command()
@@ -238,7 +245,8 @@ _MONITORING_ONLY = ("last_hours", "model_version")
     default="",
     metavar="CRON",
     help="Start a recurring run instead: KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *' "
-    "(training every day at 03:00) or '0 0 * * * *' (monitoring every hour).",
+    "(training every day at 03:00), '0 0 * * * *' (monitoring every hour) or '0 */5 * * * *' "
+    "(a canary analysis every 5 minutes).",
 )
 @_pipeline_option
 @_training_options
@@ -262,6 +270,7 @@ _MONITORING_ONLY = ("last_hours", "model_version")
     default="",
     help="Monitoring: the model version to judge [default: the one with the alias champion].",
 )
+@canary_policy_option
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -281,6 +290,7 @@ def submit(
     no_deploy: bool,
     last_hours: float | None,
     model_version: str,
+    policy_overrides: tuple[str, ...],
 ) -> None:
     """Compile a cluster pipeline and start it on Kubeflow Pipelines (now, or on a --schedule)."""
     from pipelines.submit import Submission
@@ -294,6 +304,11 @@ def submit(
             arguments["last_hours"] = last_hours
         if model_version:
             arguments["model_version"] = model_version
+    elif pipeline == "canary":
+        if policy_overrides:
+            parse_policy(policy_overrides)  # a bad field or value is refused here, not in the cluster
+            fields = dict(override.split("=", 1) for override in policy_overrides)
+            arguments["policy_overrides"] = json.dumps({k.strip(): v.strip() for k, v in fields.items()})
     else:
         arguments = {
             "color": color,
@@ -316,7 +331,7 @@ def _refuse_options_of_the_other_pipeline(ctx: click.Context, pipeline: str) -> 
     """An option the chosen pipeline does not take would be silently ignored: refuse it instead."""
     from click.core import ParameterSource
 
-    foreign = _MONITORING_ONLY if pipeline == "training" else _TRAINING_ONLY
+    foreign = [name for other, options in _OPTIONS_OF.items() if other != pipeline for name in options]
     for name in foreign:
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             flag = next(p.opts[0] for p in ctx.command.params if p.name == name)

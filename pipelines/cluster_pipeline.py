@@ -9,7 +9,8 @@
   have them;
 - parameter defaults point at the in-cluster MLflow, the model store and the
   InferenceService ``taxi-duration``; the monitoring pipeline's at the prediction
-  log, the labels and the verdicts in MinIO's ``monitoring`` bucket.
+  log, the labels and the verdicts in MinIO's ``monitoring`` bucket; the canary analysis
+  pipeline's defaults are the cluster's names already (``pipelines.canary_pipeline``).
 
 ``PIPELINES`` names each build, for ``taxi-mlops compile`` and ``submit``.
 """
@@ -33,6 +34,7 @@ from components.names import (
     S3_ENDPOINT_URL,
     S3_SECRET,
 )
+from pipelines.canary_pipeline import build_canary_pipeline
 from pipelines.monitoring_pipeline import MonitoringDefaults, build_monitoring_pipeline
 from pipelines.training_pipeline import PipelineDefaults, build_pipeline
 
@@ -72,10 +74,15 @@ def cluster_monitoring_pipeline() -> BaseComponent:
     return build_monitoring_pipeline(CLUSTER_MONITORING_DEFAULTS, configure_for_cluster, PIPELINE_ROOT)
 
 
+def cluster_canary_pipeline() -> BaseComponent:
+    return build_canary_pipeline(configure_for_cluster, PIPELINE_ROOT)
+
+
 #: The cluster builds by the name `--pipeline` takes.
 PIPELINES: dict[str, Callable[[], BaseComponent]] = {
     "training": cluster_pipeline,
     "monitoring": cluster_monitoring_pipeline,
+    "canary": cluster_canary_pipeline,
 }
 
 

@@ -342,3 +342,57 @@ def monitor(
         metrics.log_metric("baseline_rmse", round(accuracy["baseline_rmse"], 4))
     metrics.log_metric("accuracy_degraded", 1.0 if accuracy["degraded"] else 0.0)
     return str(document["verdict"])
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def canary_analysis(
+    tracking_uri: str,
+    experiment: str,
+    artifact_location: str,
+    model_name: str,
+    namespace: str,
+    inference_service: str,
+    prometheus_url: str,
+    policy_overrides: str,
+    prediction_log_uri: str,
+    labels_uri: str,
+    canary_uri: str,
+    decision: Output[Artifact],
+    report: Output[HTML],
+) -> str:
+    """One analysis of the InferenceService's canary and its action (next step, promote, rollback).
+
+    Returns the action (set_percent | promote | rollback | hold, or none without a canary),
+    the output parameter a later task branches on (``VERDICT_OUTPUT``); the decision travels
+    as a JSON artifact (it holds nulls), its page as HTML. ``policy_overrides``: a JSON object
+    of canary policy fields, e.g. ``{"steps": "10,25,50", "mae_margin": 0.03}``.
+    """
+    from pipelines.steps.canary import CanaryRequest, canary_step
+
+    outcome = canary_step(
+        CanaryRequest(
+            tracking_uri=tracking_uri,
+            model_name=model_name,
+            namespace=namespace,
+            inference_service=inference_service,
+            prometheus_url=prometheus_url,
+            policy_overrides=policy_overrides,
+            prediction_log=prediction_log_uri,
+            labels=labels_uri,
+            canary=canary_uri,
+            experiment=experiment,
+            artifact_location=artifact_location,
+            report_path=report.path,
+            decision_path=decision.path,
+        )
+    )
+    document = outcome.document
+    decision.metadata.update(
+        {
+            key: "" if document.get(key) is None else document[key]
+            for key in ("verdict", "action", "champion", "canary", "percent")
+        }
+    )
+    if outcome.mlflow_run_id:
+        decision.metadata["mlflow_run_id"] = outcome.mlflow_run_id
+    return outcome.action

@@ -1,6 +1,6 @@
 """Start a cluster pipeline on Kubeflow Pipelines: one run now, or a recurring run on a cron schedule.
 
-Compiles the cluster build (``pipelines.cluster_pipeline``: training or monitoring) to a temporary
+Compiles the cluster build (``pipelines.cluster_pipeline``: training, monitoring or canary) to a temporary
 file and hands it to ``kfp.Client``; the pipeline spec travels inline with the
 run, so nothing is uploaded to the KFP pipeline list first.
 """
@@ -73,7 +73,8 @@ def submit(submission: Submission) -> Submitted:
                     job_name=submission.run_name or f"{pipeline_name} ({schedule})",
                     cron_expression=schedule,
                     # Never two at once: training runs share the champion, monitoring runs the
-                    # verdict history each one reads, appends to and uploads again.
+                    # verdict history each one reads, appends to and uploads again, canary
+                    # analyses the judge's files and the InferenceService they act on.
                     max_concurrency=1,
                     no_catchup=True,  # after a pause, run once rather than once per missed slot
                     params=dict(submission.arguments),

@@ -537,3 +537,77 @@ def test_the_default_prometheus_url_is_the_monitoring_components_service():
     assert service["metadata"]["namespace"] == names.NAMESPACE
     assert [port["port"] for port in service["spec"]["ports"]] == [names.PROMETHEUS_SERVICE_PORT]
     assert names.PROMETHEUS_URL == "http://prometheus.taxi-mlops.svc.cluster.local:9090"
+
+
+# --------------------------------------------------------------------------- the pipeline's step
+
+
+def _request(world: World, url: str, tmp_path: Path) -> Any:
+    from pipelines.steps.canary import CanaryRequest
+
+    overrides = {
+        "steps": [vars(step) for step in POLICY.steps],
+        **{name: getattr(POLICY, name) for name in ("promote_min_labelled", "min_pairs", "max_error_rate")},
+        "resamples": POLICY.resamples,
+    }
+    return CanaryRequest(
+        tracking_uri=world.tracking_uri,
+        model_name=MODEL_NAME,
+        prometheus_url=url,
+        policy_overrides=json.dumps(overrides),
+        experiment="taxi-test",
+        artifact_location=(tmp_path / "mlartifacts").as_uri(),
+        report_path=str(tmp_path / "out" / "report.html"),
+        decision_path=str(tmp_path / "out" / "decision.json"),
+    )
+
+
+def test_the_pipeline_step_acts_stores_and_logs_an_mlflow_run_for_the_decision(
+    world, cluster, prometheus, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.steps.canary import canary_step
+
+    _, target = cluster
+    deploy_version(target, "1", 10)
+    request = _request(world, prometheus[1], tmp_path)
+    idle = canary_step(request, api=target.api, s3=world.s3, now=WALL)
+    assert idle.action == "none" and idle.mlflow_run_id == ""
+    assert idle.document["reason"].startswith("no canary to judge: champion version 1")
+    assert "no canary to judge" in (tmp_path / "out" / "report.html").read_text()
+
+    deploy_version(target, "2", 10)
+    prometheus[0].served += [(WALL, "2", 200, 60), (WALL, "1", 1800, 0)]
+    outcome = canary_step(request, api=target.api, s3=world.s3, now=WALL)
+    assert outcome.action == "rollback" and outcome.document["verdict"] == "fail"
+    assert json.loads((tmp_path / "out" / "decision.json").read_text()) == outcome.document
+    assert (tmp_path / "out" / "report.html").read_text() == outcome.report_html
+    assert json.loads(_bucket_files(world)["latest.json"]) == outcome.document
+    client = MlflowClient(tracking_uri=world.tracking_uri, registry_uri=world.tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("champion_version", "canary_version", "verdict", "action")} == {
+        "champion_version": "1",
+        "canary_version": "2",
+        "verdict": "fail",
+        "action": "rollback",
+    }
+
+
+def test_a_bad_policy_override_stops_the_step_before_any_request(world, cluster, prometheus, tmp_path):
+    from dataclasses import replace
+
+    from components.canary.policy import CanaryPolicyError
+    from pipelines.steps.canary import canary_step
+
+    fake, target = cluster
+    request = _request(world, prometheus[1], tmp_path)
+    for overrides, problem in (
+        ("[1, 2]", "a JSON object of policy fields"),
+        ("{steps: 10}", "not JSON"),
+        ('{"mae_margin": 2}', "mae_margin must be in"),
+    ):
+        with pytest.raises(CanaryPolicyError, match=problem):
+            canary_step(replace(request, policy_overrides=overrides), api=target.api, s3=world.s3)
+    assert fake.requests == [] and prometheus[0].queries == []

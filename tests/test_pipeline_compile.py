@@ -342,3 +342,91 @@ def test_compile_names_the_file_after_the_pipeline_by_default(tmp_path: Path, mo
         "monitoring_pipeline.yaml": "taxi-trip-duration-monitoring",
         "training_pipeline.yaml": PIPELINE_NAME,
     }
+
+
+# --------------------------------------------------------------------------- the canary analysis pipeline
+
+
+@pytest.fixture(scope="module")
+def canary_ir(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    output = tmp_path_factory.mktemp("ir") / "canary.yaml"
+    result = CliRunner().invoke(main, ["compile", "--pipeline", "canary", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(output.read_text())
+
+
+def test_canary_pipeline_parameters_default_to_the_clusters_names(canary_ir):
+    assert canary_ir["pipelineInfo"]["name"] == "taxi-trip-duration-canary"
+    params = canary_ir["root"]["inputDefinitions"]["parameters"]
+    assert {name: spec["parameterType"] for name, spec in params.items()} == dict.fromkeys(
+        [
+            "tracking_uri", "experiment", "artifact_location", "model_name", "namespace",
+            "inference_service", "prometheus_url", "policy_overrides", "prediction_log_uri",
+            "labels_uri", "canary_uri",
+        ],
+        "STRING",
+    )  # fmt: skip
+    defaults = {name: spec["defaultValue"] for name, spec in params.items()}
+    assert defaults == {
+        "tracking_uri": "http://mlflow.taxi-mlops.svc.cluster.local:5000",
+        "experiment": "taxi-trip-duration",
+        "artifact_location": "",
+        "model_name": "taxi-trip-duration",
+        "namespace": "taxi-mlops",
+        "inference_service": "taxi-duration",
+        "prometheus_url": "http://prometheus.taxi-mlops.svc.cluster.local:9090",
+        "policy_overrides": "",
+        "prediction_log_uri": "s3://monitoring/prediction-log",
+        "labels_uri": "s3://monitoring/labels",
+        "canary_uri": "s3://monitoring/canary",
+    }
+    # The pipeline's output is the action, for a caller that branches on it.
+    assert canary_ir["root"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
+
+
+def test_canary_pipeline_is_one_uncached_analysis_task_in_the_project_image(canary_ir):
+    tasks = canary_ir["root"]["dag"]["tasks"]
+    assert set(tasks) == {"canary-analysis"}
+    assert tasks["canary-analysis"].get("cachingOptions", {}).get("enableCache") is not True
+    given = tasks["canary-analysis"]["inputs"]["parameters"]
+    assert {name: ref["componentInputParameter"] for name, ref in given.items()} == {
+        name: name for name in canary_ir["root"]["inputDefinitions"]["parameters"]
+    }
+    (executor,) = canary_ir["deploymentSpec"]["executors"].values()
+    container = executor["container"]
+    assert container["image"] == PIPELINE_IMAGE
+    script = "\n".join(container["command"] + container.get("args", []))
+    assert "pip install" not in script
+    assert re.findall(r"^\s*from ((?:components|serving|pipelines)\S*) import", script, flags=re.M) == [
+        "pipelines.steps.canary"
+    ]
+    outputs = canary_ir["components"]["comp-canary-analysis"]["outputDefinitions"]
+    schema = {name: spec["artifactType"]["schemaTitle"] for name, spec in outputs["artifacts"].items()}
+    assert schema == {"decision": "system.Artifact", "report": "system.HTML"}
+    assert outputs["parameters"] == {"Output": {"parameterType": "STRING"}}  # the action
+
+
+def test_canary_cluster_build_gets_the_minio_env_and_secret(canary_ir, tmp_path: Path):
+    output = tmp_path / "canary.cluster.yaml"
+    result = CliRunner().invoke(main, ["compile", "--pipeline", "canary", "--cluster", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    ir, platform = yaml.safe_load_all(output.read_text())
+    assert ir["root"] == canary_ir["root"]  # same graph, same defaults
+    assert ir["defaultPipelineRoot"] == "s3://kfp-artifacts/pipeline-root"
+    (executor,) = ir["deploymentSpec"]["executors"].values()
+    assert executor["container"]["env"] == [
+        {"name": "S3_ENDPOINT_URL", "value": "http://minio.taxi-mlops.svc.cluster.local:9000"}
+    ]
+    (config,) = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    assert config["imagePullPolicy"] == "IfNotPresent"
+    assert config["secretAsEnv"][0]["secretNameParameter"] == {"runtimeValue": {"constant": "taxi-mlops-s3"}}
+
+
+def test_compile_names_the_canary_file_after_the_pipeline(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["compile", "--pipeline", "canary"])
+    assert result.exit_code == 0, result.output
+    assert "wrote canary_pipeline.yaml" in result.output
+    assert yaml.safe_load((tmp_path / "canary_pipeline.yaml").read_text())["pipelineInfo"]["name"] == (
+        "taxi-trip-duration-canary"
+    )

@@ -247,3 +247,70 @@ def test_an_option_of_the_other_pipeline_is_refused_before_any_request(fake_kfp,
     assert result.exit_code == 2
     assert f"{refused} is not an option of the" in result.output
     assert fake.requests == []
+
+
+# --------------------------------------------------------------------------- the canary analysis pipeline
+
+
+def test_submit_canary_with_a_schedule_creates_the_five_minute_recurring_run(fake_kfp):
+    from pipelines.canary_pipeline import PIPELINE_NAME as CANARY_NAME
+
+    fake, host = fake_kfp
+    args = ["submit", "--host", host, "--pipeline", "canary", "--schedule", "0 */5 * * * *"]
+    args += ["--canary-policy", "steps=10,50", "--canary-policy", "mae_margin=0.03"]
+    result = CliRunner().invoke(main, args, env={"TAXI_MLOPS_EXPERIMENT": "", "TAXI_MLOPS_MODEL_NAME": ""})
+    assert result.exit_code == 0, result.output
+    assert f"started recurring run rr-1: {host}/#/recurringrun/details/rr-1" in result.output
+    assert _routes(fake)[-1] == ("POST", "/apis/v2beta1/recurringruns")
+    recurring = fake.requests[-1][3]
+    assert recurring["display_name"] == f"{CANARY_NAME} (0 */5 * * * *)"
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 */5 * * * *"}}
+    assert recurring["max_concurrency"] == 1  # one analysis at a time: they share the judge's files
+    assert recurring["no_catchup"] is True
+    assert recurring["runtime_config"]["parameters"] == {
+        "experiment": "taxi-trip-duration",
+        "model_name": "taxi-trip-duration",
+        "policy_overrides": '{"steps": "10,50", "mae_margin": "0.03"}',
+    }
+    _check_cluster_spec(recurring, CANARY_NAME)
+    # What the task will make of the parameter: the overridden policy.
+    from pipelines.steps.canary import parse_policy
+
+    policy = parse_policy(recurring["runtime_config"]["parameters"]["policy_overrides"])
+    assert [step.percent for step in policy.steps] == [10, 50] and policy.mae_margin == 0.03
+
+
+def test_submit_canary_once_without_overrides_passes_only_the_names(fake_kfp):
+    fake, host = fake_kfp
+    result = CliRunner().invoke(main, ["submit", "--host", host, "--pipeline", "canary"])
+    assert result.exit_code == 0, result.output
+    assert "started run run-1" in result.output
+    assert fake.requests[-1][3]["runtime_config"]["parameters"] == {
+        "experiment": "taxi-trip-duration",
+        "model_name": "taxi-trip-duration",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pipeline", "canary", "--canary-policy", "steps=10,oops"], "is not a list of percents"),
+        (
+            ["--pipeline", "canary", "--canary-policy", "nonsense=1"],
+            "'nonsense' is not a canary policy field",
+        ),
+        (
+            ["--pipeline", "canary", "--last-hours", "6"],
+            "--last-hours is not an option of the canary pipeline",
+        ),
+        (["--pipeline", "canary", "--candidates", "ridge"], "--candidates is not an option of the canary"),
+        (["--pipeline", "monitoring", "--canary-policy", "steps=10"], "--canary-policy is not an option of"),
+        (["--canary-policy", "steps=10"], "--canary-policy is not an option of the training pipeline"),
+    ],
+)
+def test_a_bad_canary_submission_is_refused_before_any_request(fake_kfp, args, message):
+    fake, host = fake_kfp
+    result = CliRunner().invoke(main, ["submit", "--host", host, *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert fake.requests == []
