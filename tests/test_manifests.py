@@ -153,7 +153,15 @@ def test_schemas_match_the_kind_node_kubernetes_version(kind_config: dict[str, A
 
 def test_base_and_overlay_render_the_expected_objects(base: list[dict[str, Any]], kind_overlay) -> None:
     def ids(objs: list[dict[str, Any]]) -> set[tuple[str, str | None, str]]:
-        return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs}
+        # Generated ConfigMaps carry a content hash (prometheus-config-<10 chars>): compare the stem.
+        return {
+            (
+                o["kind"],
+                o["metadata"].get("namespace"),
+                re.sub(r"-config-[a-z0-9]{10}$", "-config", o["metadata"]["name"]),
+            )
+            for o in objs
+        }
 
     expected_base = {
         ("Namespace", None, NS),
@@ -178,10 +186,25 @@ def test_base_and_overlay_render_the_expected_objects(base: list[dict[str, Any]]
         ("Service", NS, SINK),
     }
     assert ids(base) == expected_base
-    assert ids(kind_overlay) == expected_base | {
+    # manifests/components/monitoring (tests/test_monitoring_manifests.py checks it in detail).
+    monitoring = {
+        *{
+            (kind, NS, name)
+            for kind in ("Deployment", "Service")
+            for name in ("prometheus", "alertmanager", "alert-receiver")
+        },
+        ("ServiceAccount", NS, "prometheus"),
+        ("Role", NS, "prometheus"),
+        ("RoleBinding", NS, "prometheus"),
+        ("ConfigMap", NS, "prometheus-config"),
+        ("ConfigMap", NS, "alertmanager-config"),
+    }
+    assert ids(kind_overlay) == expected_base | monitoring | {
         ("Service", KFP_NS, "ml-pipeline-ui-nodeport"),
         ("Service", NS, "minio-console-nodeport"),
         ("Service", "kourier-system", "kourier-ingress-nodeport"),
+        ("Service", NS, "prometheus-nodeport"),
+        ("Service", NS, "alertmanager-nodeport"),
     }
     # The deploy code owns the InferenceService; kustomize must never create or overwrite it.
     assert not [o for o in base + kind_overlay if o["kind"] == "InferenceService"]
@@ -589,7 +612,7 @@ def test_security_contexts_and_resources(base: list[dict[str, Any]], kind_overla
             pod_security = spec.get("securityContext", {})
             assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True, where
     # minio, mlflow, the inference-log sink, the Job's two containers, the runtime; base and overlay
-    assert checked == 2 * 6
+    assert checked == 2 * 6 + 3  # ... and, in the kind overlay, Prometheus, Alertmanager, the alert receiver
 
 
 def _cpu_millis(value: str) -> int:
