@@ -7,9 +7,10 @@ inference-log sink), from the judge's ``latest.json`` and ``history.jsonl``:
 - ``taxi_canary_analysis_percent{champion, canary}``: the canary's percent after the newest action;
 - ``taxi_canary_check_passed{canary, check}``: 1 passed, 0 failed, -1 not judged yet;
 - ``taxi_canary_decisions_total{action}``: decisions recorded, by action (all four from the first one);
-- ``taxi_canary_last_rollback_timestamp_seconds``: when the newest rollback was decided (wall
-  clock). The alert rule fires while it is recent: a timestamp, not ``increase()`` on a count,
-  because a series born at 1 -- the first rollback ever -- shows no increase to Prometheus;
+- ``taxi_canary_last_rollback_timestamp_seconds{champion, canary}``: when the newest rollback
+  was decided (wall clock). The alert rule (TaxiCanaryRolledBack) fires while it is recent:
+  a timestamp, not ``increase()`` on a count, because a series born at 1 -- the first
+  rollback ever -- shows no increase to Prometheus;
 - ``taxi_canary_last_analysis_timestamp_seconds``.
 
 Before the first decision nothing is exposed.
@@ -53,23 +54,26 @@ def decision_metrics_text(latest: Mapping[str, Any] | None, history: Sequence[Ma
             f'taxi_canary_check_passed{{canary="{canary}",check="{_escape(check.get("name"))}"}} {value}'
         )
     counts = {action: 0 for action in ACTIONS}
-    last_rollback: float | None = None
+    last_rollback: tuple[float, Mapping[str, Any]] | None = None
     for decision in history:
         action = decision.get("action")
         if action in counts:
             counts[action] += 1
-        if action == "rollback":
-            last_rollback = _timestamp(decision.get("evaluated_at")) or last_rollback
+        moment = _timestamp(decision.get("evaluated_at"))
+        if action == "rollback" and moment is not None:
+            last_rollback = (moment, decision)
     lines += [
         "# HELP taxi_canary_decisions_total Canary decisions recorded, by action.",
         "# TYPE taxi_canary_decisions_total counter",
         *(f'taxi_canary_decisions_total{{action="{action}"}} {count}' for action, count in counts.items()),
     ]
     if last_rollback is not None:
+        moment, rolled = last_rollback
+        labels = f'champion="{_escape(rolled.get("champion"))}",canary="{_escape(rolled.get("canary"))}"'
         lines += [
             "# HELP taxi_canary_last_rollback_timestamp_seconds Unix time of the newest rollback.",
             "# TYPE taxi_canary_last_rollback_timestamp_seconds gauge",
-            f"taxi_canary_last_rollback_timestamp_seconds {last_rollback}",
+            f"taxi_canary_last_rollback_timestamp_seconds{{{labels}}} {moment}",
         ]
     analysed = _timestamp(latest.get("evaluated_at"))
     if analysed is not None:
