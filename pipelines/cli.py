@@ -654,20 +654,41 @@ def replay(
 
 @main.command()
 @_month_options
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help=f"Join the cluster's prediction log ({PREDICTION_LOG_URI}) and write the labels to {LABELS_URI} "
+    "(S3_ENDPOINT_URL and the keys from the environment).",
+)
 @_state_dir_option
-def labels(month: str, color: str, data_dir: Path | None, s3_uri: str | None, state_dir: Path | None) -> None:
+def labels(
+    month: str, color: str, data_dir: Path | None, s3_uri: str | None, cluster: bool, state_dir: Path | None
+) -> None:
     """Join a month's actual durations (its TLC file) to the logged predictions, by trip id."""
+    import tempfile
+
     from components.monitoring.labels import label_month, write_labels
+    from components.monitoring.locations import SEGMENT_PATTERN, local_folder
     from components.monitoring.prediction_log import read_prediction_log
 
     settings = Settings.from_env(state_dir=state_dir)
-    log = read_prediction_log(settings.prediction_log_dir)
+    name = f"{color}-{month}.parquet"
     trips, _, ids = _month_trips(settings, color, month, data_dir, s3_uri)
-    found, coverage = label_month(log, trips, ids)
-    path = settings.labels_dir / f"{color}-{month}.parquet"
-    write_labels(found, path)
+    with tempfile.TemporaryDirectory(prefix="taxi-mlops-labels-") as scratch:
+        source = PREDICTION_LOG_URI if cluster else str(settings.prediction_log_dir)
+        with local_folder(source, Path(scratch) / "log", SEGMENT_PATTERN, None, click.echo) as folder:
+            log = read_prediction_log(folder)
+        found, coverage = label_month(log, trips, ids)
+        path = Path(scratch) / name if cluster else settings.labels_dir / name
+        write_labels(found, path)
+        written = str(path)
+        if cluster:
+            from components.storage.object_transfer import connection_for, upload_file
+
+            written = f"{LABELS_URI}/{name}"
+            upload_file(connection_for(written, None), path, written)
     click.echo(f"{color} {month}: {coverage.line()}")
-    click.echo(f"labels: {path}")
+    click.echo(f"labels: {written}")
 
 
 @main.command()
