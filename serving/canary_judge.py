@@ -311,6 +311,14 @@ def judge_once(
     if analysis.action in ("promote", "rollback"):
         memory_path.unlink(missing_ok=True)
     else:
+        if analysis.action == "set_percent" and analysis.next_percent is not None:
+            # The next step starts now: counting from here, not from the next analysis, so
+            # the traffic in between belongs to the step it was sent in.
+            stepped = actions.state()
+            memory.percent = analysis.next_percent
+            memory.step_started_at = datetime.now(UTC).isoformat() if now is None else wall.isoformat()
+            memory.step_baseline = ops.snapshot(stepped)
+            memory.consecutive_failures = 0
         memory.save(memory_path)
     if on_decision is not None:
         on_decision(decision, report)
