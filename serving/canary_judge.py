@@ -122,7 +122,8 @@ class JudgeMemory:
     percent: int
     step_started_at: str  # wall clock, ISO 8601
     step_baseline: dict[str, list[int]]  # role -> [requests, errors] when the step began
-    canary_started_event: str | None  # event time the canary was first seen (ISO 8601)
+    canary_since: str  # wall clock (ISO 8601) the canary was deployed: its life is what was logged since
+    canary_started_event: str | None  # earliest event time logged in the canary's life (ISO 8601)
     consecutive_failures: int = 0
     analyses: int = 0
 
@@ -195,15 +196,12 @@ def paired_trips(
     labels: pd.DataFrame,
     state: DeploymentState,
     score: Callable[[Revision], TripDurationModel],
-    since: pd.Timestamp | None,
 ) -> PairedTrips:
-    """Score every labelled trip logged since ``since`` by both deployed models."""
+    """Score every labelled trip of ``log`` (the canary's life) by both deployed models."""
     assert state.champion is not None and state.canary is not None
     newest = log["event_time"].max() if len(log) else None
     versions = {state.champion.model_version, state.canary.model_version}
     window = log[log["model_version"].astype(str).isin(versions)]
-    if since is not None:
-        window = window[window["event_time"] >= since]
     joined, _ = join_labels(window, labels)
     labelled = joined[joined[TARGET_COLUMN].notna()]
     if labelled.empty:
@@ -261,7 +259,6 @@ def judge_once(
         if folders.prediction_log_dir.is_dir()
         else None
     )
-    newest = log["event_time"].max() if log is not None and len(log) else None
     memory = JudgeMemory.load(memory_path)
     if memory is None or memory.canary_version != state.canary.model_version:
         memory = JudgeMemory(
@@ -270,18 +267,26 @@ def judge_once(
             percent=state.canary_percent,
             step_started_at=wall.isoformat(),
             step_baseline=ops.snapshot(state),
-            canary_started_event=None if newest is None else newest.isoformat(),
+            canary_since=_deployed_at(state, wall).isoformat(),
+            canary_started_event=None,
         )
     elif memory.percent != state.canary_percent:
         memory.percent = state.canary_percent
         memory.step_started_at = wall.isoformat()
         memory.step_baseline = ops.snapshot(state)
         memory.consecutive_failures = 0
-    if memory.canary_started_event is None and newest is not None:
-        memory.canary_started_event = newest.isoformat()
+    # The canary's life is what was logged (wall clock) since it was deployed, whatever event
+    # times those trips carry: a month replayed a second time is new traffic for this canary.
+    # Its event times are the canary's clock: the deadline runs from the first to the newest.
+    window = log[log["logged_at"] > pd.Timestamp(memory.canary_since)] if log is not None else None
+    newest = window["event_time"].max() if window is not None and len(window) else None
+    if window is not None and len(window):
+        first = window["event_time"].min()
+        if memory.canary_started_event is None or first < pd.Timestamp(memory.canary_started_event):
+            memory.canary_started_event = first.isoformat()
     since = pd.Timestamp(memory.canary_started_event) if memory.canary_started_event else None
-    if log is not None:
-        pairs = paired_trips(log, read_labels(folders.labels_dir), state, score, since)
+    if window is not None:
+        pairs = paired_trips(window, read_labels(folders.labels_dir), state, score)
     else:
         empty = np.empty(0)
         pairs = PairedTrips(empty, empty, empty, None)
@@ -336,6 +341,16 @@ def write_report(
     write_atomically(path, page)
     write_atomically(canary_dir / REPORT_FILE, page)
     return path
+
+
+def _deployed_at(state: DeploymentState, wall: datetime) -> datetime:
+    """When the state last changed (the canary's deployment, when the judge meets it first), else now."""
+    try:
+        moment = datetime.fromisoformat(state.updated_at)
+    except ValueError:
+        return wall
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return min(moment.astimezone(UTC), wall)
 
 
 def _act(actions: RolloutActions, analysis: CanaryAnalysis) -> str:

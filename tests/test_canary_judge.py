@@ -99,14 +99,40 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     return {"champion": champion, "too_high": too_high, "trips": trips, "ids": trip_ids(trips, "green")}
 
 
-def _run(world, tmp_path: Path, canary: Revision, rounds: int = 12, per_round: int = 400) -> list[dict]:
-    """Deploy ``canary`` at 10%, then alternate a round of logged traffic and one analysis."""
+def _run(
+    world,
+    tmp_path: Path,
+    canary: Revision,
+    rounds: int = 12,
+    per_round: int = 400,
+    replayed_before: bool = False,
+) -> list[dict]:
+    """Deploy ``canary`` at 10%, then alternate a round of logged traffic and one analysis.
+
+    ``replayed_before``: the champion already served the whole month (event times over 28 days)
+    before the canary came, and the month is replayed again for it, as a second replay does."""
     state_path = tmp_path / "state.json"
     champion = world["champion"]
-    state = deploy(deploy(DeploymentState(), champion, 0).state, canary, 10).state
-    save_state(state_path, state)
     folders = JudgeFolders(tmp_path / "log", tmp_path / "labels", tmp_path / "canary")
     trips, ids = world["trips"], world["ids"]
+    if replayed_before:
+        earlier = PredictionLogWriter(folders.prediction_log_dir)
+        answers = local_scorer()(champion).predict(trips)
+        for number, trip in enumerate(trips.itertuples()):
+            earlier.put_batch(
+                request_id=f"{ids[number]}-r{number % 12}",  # the ids the replay below sends again
+                event_time=START + timedelta(minutes=7 * number),
+                model_name="duration",
+                model_version=champion.model_version,
+                revision="champion",
+                pickup=np.array([trip.PULocationID]),
+                dropoff=np.array([trip.DOLocationID]),
+                distance=np.array([trip.trip_distance]),
+                minutes=answers[number : number + 1],
+            )
+        earlier.close()
+    state = deploy(deploy(DeploymentState(), champion, 0).state, canary, 10).state
+    save_state(state_path, state)
     write_labels(month_labels(trips, ids), folders.labels_dir / "green-2021-02.parquet")
     score = local_scorer()
     ops = CountingOps()
@@ -192,3 +218,14 @@ def test_no_canary_means_no_analysis_and_the_last_verdict_stays(world, tmp_path:
     assert last_decision(folders.canary_dir) == decisions[-1]
     lines = (folders.canary_dir / HISTORY_FILE).read_text().splitlines()
     assert len(lines) == len(decisions)
+
+
+def test_a_second_replay_of_a_month_is_the_canarys_own_traffic(world, tmp_path: Path) -> None:
+    """The canary's life is what was logged after it was deployed: the earlier replay's 28 days of
+    event time neither count as its evidence nor run its 14-day deadline down."""
+    equal = replace(world["champion"], model_version="2")
+    decisions = _run(world, tmp_path, equal, replayed_before=True)
+    assert decisions[-1]["action"] == "promote", decisions[-1]["reason"]
+    assert decisions[-1]["canary_started_event"] == START.isoformat()  # the replay starts the month again
+    first = decisions[0]
+    assert first["logged_since_canary"] <= 400  # one round, not the month logged before
