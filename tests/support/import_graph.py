@@ -31,6 +31,7 @@ ROOM_LAYERS: Mapping[str, int] = {
     "evaluation": 4,
     "monitoring": 4,
     "canary": 4,
+    "retraining": 4,
     "registry": 5,
 }
 

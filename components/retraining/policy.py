@@ -1,0 +1,168 @@
+"""The retraining policy: one typed object, and the decision it makes from what the monitor has seen.
+
+Pure: signals in (the champion's recent monitor verdicts, how old its training data is,
+how much labelled data has landed since, whether a retraining runs or ran lately, whether
+someone asked), one :class:`RetrainDecision` out -- ``retrain`` or ``no_retrain``, always
+with its reason, including why not. The loop around it (``taxi-mlops autopilot``) records
+every decision and starts the training pipeline on the windows the decision names.
+
+Triggers, strongest first:
+
+1. **requested** -- a person or a schedule asked (cooldown does not apply; a running
+   retraining still does: one at a time);
+2. **degraded** -- live accuracy confirmed worse than the champion's validation RMSE in the
+   newest ``degraded_windows`` verdicts (the monitor's "confirmed by a margin" already);
+3. **drift** -- the inputs drifted in each of the newest ``drift_windows`` verdicts: one
+   drifted window can be a holiday, several in a row are a new normal;
+4. **age** -- the champion's training data ended more than ``max_model_age_days`` ago (event
+   time) and at least ``min_new_labelled`` labelled trips have landed since: the schedule a
+   team would keep anyway, but only when there is something new to learn from.
+
+An alert (Alertmanager -> our receiver) does not retrain by itself: it wakes the loop, which
+decides from the verdicts the alert was raised on -- so an alert firing every minute still
+starts at most one retraining (``retrain_running``, then ``cooldown_days``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from components.errors import TaxiMlopsError
+
+
+class RetrainingPolicyError(TaxiMlopsError, ValueError):
+    """A policy value that cannot work (names the field and the rule)."""
+
+
+@dataclass(frozen=True)
+class RetrainingPolicy:
+    degraded_windows: int = 1
+    drift_windows: int = 3
+    max_model_age_days: float = 35.0
+    min_new_labelled: int = 5_000
+    #: Event-time days after a retraining started before drift, decay or age may start another.
+    cooldown_days: float = 2.0
+    #: The windows a retraining trains and validates on, ending at the newest labelled trip.
+    train_days: float = 30.0
+    holdout_days: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.degraded_windows < 1 or self.drift_windows < 1:
+            raise RetrainingPolicyError("degraded_windows and drift_windows must be at least 1")
+        if self.max_model_age_days <= 0 or self.cooldown_days < 0:
+            raise RetrainingPolicyError("max_model_age_days must be positive and cooldown_days not negative")
+        if self.train_days <= 0 or self.holdout_days <= 0:
+            raise RetrainingPolicyError("train_days and holdout_days must be positive")
+        if self.min_new_labelled < 0:
+            raise RetrainingPolicyError("min_new_labelled must not be negative")
+
+
+@dataclass(frozen=True)
+class Signals:
+    now: datetime  # event time (the newest logged prediction's)
+    champion_version: str
+    verdicts: Sequence[Mapping[str, Any]] = ()  # the champion's monitor verdicts, oldest first
+    champion_trained_until: datetime | None = None  # end of its training window (event time)
+    labelled_until: datetime | None = None  # newest labelled trip (event time)
+    labelled_since_training: int = 0
+    last_retrain_at: datetime | None = None  # event time the last retraining started
+    retrain_running: str | None = None  # what is running (a run id), or None
+    requested: str | None = None  # why someone asked, or None
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    kind: Literal["retrain", "no_retrain"]
+    trigger: str | None  # requested | degraded | drift | age; None for no_retrain
+    reason: str
+    champion_version: str
+    event_time: str
+    train_window: tuple[str, str] | None = None
+    holdout_window: tuple[str, str] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "model_version": self.champion_version,
+            "event_time": self.event_time,
+            "train_window": list(self.train_window) if self.train_window else None,
+            "holdout_window": list(self.holdout_window) if self.holdout_window else None,
+            "details": dict(self.details),
+        }
+
+
+def decide(signals: Signals, policy: RetrainingPolicy | None = None) -> RetrainDecision:
+    """Retrain or not, and why (``policy`` default :class:`RetrainingPolicy`)."""
+    policy = policy or RetrainingPolicy()
+    now = signals.now.isoformat()
+
+    def no(reason: str) -> RetrainDecision:
+        return RetrainDecision("no_retrain", None, f"not retraining: {reason}", signals.champion_version, now)
+
+    if signals.retrain_running:
+        return no(f"a retraining is already running ({signals.retrain_running}); one at a time")
+    trigger, why = _trigger(signals, policy)
+    if trigger is None:
+        return no(why)
+    if trigger != "requested" and signals.last_retrain_at is not None:
+        ready = signals.last_retrain_at + timedelta(days=policy.cooldown_days)
+        if signals.now < ready:
+            return no(
+                f"{why}, but the last retraining started at {signals.last_retrain_at.isoformat()}: "
+                f"cooling down until {ready.isoformat()}"
+            )
+    if signals.labelled_until is None:
+        return no(f"{why}, but no labelled trips have landed to train on")
+    holdout_start = signals.labelled_until - timedelta(days=policy.holdout_days)
+    train_start = holdout_start - timedelta(days=policy.train_days)
+    return RetrainDecision(
+        "retrain",
+        trigger,
+        f"retraining: {why}",
+        signals.champion_version,
+        now,
+        train_window=(train_start.isoformat(), holdout_start.isoformat()),
+        holdout_window=(holdout_start.isoformat(), signals.labelled_until.isoformat()),
+    )
+
+
+def _trigger(signals: Signals, policy: RetrainingPolicy) -> tuple[str | None, str]:
+    if signals.requested:
+        return "requested", f"requested ({signals.requested})"
+    verdicts = [v.get("verdict") for v in signals.verdicts]
+    newest = verdicts[-policy.degraded_windows :]
+    if len(newest) == policy.degraded_windows and all(v == "degraded" for v in newest):
+        accuracy = signals.verdicts[-1].get("accuracy") or {}
+        live, baseline = accuracy.get("rmse", float("nan")), accuracy.get("baseline_rmse", float("nan"))
+        return "degraded", (
+            f"live RMSE {live:.3f} is confirmed worse than the validation RMSE {baseline:.3f} "
+            f"in the newest {policy.degraded_windows} window(s)"
+        )
+    newest = verdicts[-policy.drift_windows :]
+    if len(newest) == policy.drift_windows and all(v in ("drift", "degraded") for v in newest):
+        return "drift", f"the inputs drifted in each of the newest {policy.drift_windows} windows"
+    if signals.champion_trained_until is not None:
+        age = (signals.now - signals.champion_trained_until).total_seconds() / 86_400
+        if age > policy.max_model_age_days:
+            if signals.labelled_since_training >= policy.min_new_labelled:
+                return "age", (
+                    f"the champion's training data ended {age:.1f} days ago "
+                    f"(max {policy.max_model_age_days:g}) and {signals.labelled_since_training} "
+                    "labelled trips have landed since"
+                )
+            return None, (
+                f"the champion is {age:.1f} days old but only {signals.labelled_since_training} "
+                f"labelled trips are new (needs {policy.min_new_labelled})"
+            )
+    drifted = sum(v in ("drift", "degraded") for v in newest)
+    latest = verdicts[-1] if verdicts else "none yet"
+    return None, (
+        f"newest verdict {latest}; {drifted} of the newest {len(newest)} windows drifted "
+        f"(retrain at {policy.drift_windows} in a row), accuracy not confirmed worse"
+    )

@@ -1,0 +1,79 @@
+"""The retraining policy's one decision: each trigger, each reason not to, and the windows it names."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from components.retraining.policy import RetrainingPolicy, RetrainingPolicyError, Signals, decide
+
+NOW = datetime(2021, 3, 20)
+
+
+def _verdict(kind: str) -> dict:
+    return {"verdict": kind, "accuracy": {"rmse": 7.4, "baseline_rmse": 6.0}}
+
+
+def _signals(*kinds: str, **changes) -> Signals:
+    values = {
+        "now": NOW,
+        "champion_version": "1",
+        "verdicts": [_verdict(k) for k in kinds],
+        "champion_trained_until": NOW - timedelta(days=10),
+        "labelled_until": NOW - timedelta(days=1),
+        "labelled_since_training": 40_000,
+    }
+    values.update(changes)
+    return Signals(**values)
+
+
+def test_confirmed_decay_retrains_on_the_newest_labelled_windows() -> None:
+    decision = decide(_signals("ok", "degraded"))
+    assert decision.kind == "retrain" and decision.trigger == "degraded"
+    assert "live RMSE 7.400 is confirmed worse than the validation RMSE 6.000" in decision.reason
+    assert decision.holdout_window == ("2021-03-12T00:00:00", "2021-03-19T00:00:00")
+    assert decision.train_window == ("2021-02-10T00:00:00", "2021-03-12T00:00:00")
+
+
+def test_drift_must_persist() -> None:
+    held = decide(_signals("ok", "drift", "drift"))
+    assert held.kind == "no_retrain" and "2 of the newest 3 windows drifted" in held.reason
+    assert decide(_signals("drift", "drift", "drift")).trigger == "drift"
+
+
+def test_an_old_champion_retrains_only_with_new_labels() -> None:
+    old = {"champion_trained_until": NOW - timedelta(days=40)}
+    assert decide(_signals("ok", **old)).trigger == "age"
+    starved = decide(_signals("ok", **old, labelled_since_training=100))
+    assert starved.kind == "no_retrain" and "only 100 labelled trips are new (needs 5000)" in starved.reason
+
+
+def test_one_at_a_time_and_a_cooldown_but_a_request_skips_the_cooldown() -> None:
+    running = decide(_signals("degraded", retrain_running="run 7"))
+    assert running.kind == "no_retrain" and "already running (run 7)" in running.reason
+    recent = {"last_retrain_at": NOW - timedelta(hours=12)}
+    cooling = decide(_signals("degraded", **recent))
+    assert cooling.kind == "no_retrain" and "cooling down until 2021-03-21T12:00:00" in cooling.reason
+    asked = decide(_signals("ok", **recent, requested="taxi-mlops autopilot --retrain-now"))
+    assert asked.kind == "retrain" and asked.trigger == "requested"
+
+
+def test_nothing_to_train_on_is_said() -> None:
+    decision = decide(_signals("degraded", labelled_until=None))
+    assert decision.kind == "no_retrain" and "no labelled trips have landed" in decision.reason
+
+
+def test_ok_says_why_not_and_the_document_has_the_contract_fields() -> None:
+    decision = decide(_signals("ok", "ok"))
+    document = decision.to_dict()
+    assert document["kind"] == "no_retrain" and document["reason"].startswith(
+        "not retraining: newest verdict ok"
+    )
+    assert {"kind", "reason", "model_version", "event_time"} <= set(document)
+
+
+@pytest.mark.parametrize("field", ["degraded_windows", "drift_windows", "train_days", "holdout_days"])
+def test_a_policy_that_cannot_work_is_refused(field: str) -> None:
+    with pytest.raises(RetrainingPolicyError):
+        RetrainingPolicy(**{field: 0})
