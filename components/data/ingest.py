@@ -26,6 +26,10 @@ training rule rather than a validity rule. So a stray 2009 pickup with a valid r
 counts as ``pickup_outside_month``, and a record that no month could use (zone 0,
 an infinite distance) counts as invalid data wherever its pickup falls.
 
+A window of event time over several month files (``components.data.window_ingest``)
+cleans each file with these same rules plus ``pickup_outside_window``, counted right
+after ``pickup_outside_month`` (see ``apply_rules``).
+
 After the rules, a month must keep at least ``min_rows`` rows (``too_few_rows``):
 a handful of surviving trips would otherwise train a model, pass the gate against
 no champion, and be deployed.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,6 +74,9 @@ from components.features.trip_domain import distances_in_domain, location_ids_in
 from components.names import TLC_BASE_URL
 from components.storage.checksums import file_sha256
 from components.storage.s3 import S3Connection
+
+#: The rule a window of event time adds after ``pickup_outside_month`` (see ``apply_rules``).
+PICKUP_OUTSIDE_WINDOW: Final = "pickup_outside_window"
 
 # Arrow schema of the cleaned dataset handed between pipeline tasks.
 CLEAN_SCHEMA: Final = pa.schema(
@@ -173,9 +181,44 @@ def clean_trips(
     survives, and ``too_few_rows`` when fewer than ``min_rows`` do.
     """
     check_request(color, month)
+    check_min_rows(min_rows, source)
+    trips, dropped = apply_rules(raw, color, month, source)
+    counts = ", ".join(f"{rule}={n}" for rule, n in dropped.items())
+    if trips.empty:
+        detail = f"all {len(raw)} rows of {color} {month} were dropped ({counts})"
+        raise IngestError(source, "no_rows_left", detail)
+    if len(trips) < min_rows:
+        detail = (
+            f"kept {len(trips)} of {len(raw)} rows of {color} {month} after cleaning ({counts}), "
+            f"fewer than min_rows={min_rows}, the least a month needs to train or evaluate on"
+        )
+        raise IngestError(source, "too_few_rows", detail)
+    return trips, dropped
+
+
+def check_min_rows(min_rows: object, source: str) -> None:
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
         detail = f"min_rows must be a whole number of at least 1, not {min_rows!r}"
         raise IngestError(source, "bad_request", detail)
+
+
+def apply_rules(
+    raw: pd.DataFrame,
+    color: str,
+    month: str,
+    source: str,
+    window: tuple[datetime, datetime] | None = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The cleaning rules alone, no row-count check: the clean frame and the drops per rule.
+
+    With ``window`` (``[start, end)`` of pickup time) the rule ``pickup_outside_window``
+    runs right after ``pickup_outside_month`` and before the label rule: the month
+    rule still decides which file a trip belongs to (so a window over several files
+    never holds a trip twice, and a window of a whole month is that month exactly),
+    then the window keeps its own part of the month. Without it, the rule is absent
+    and the report is the month's as it always was.
+    """
+    check_request(color, month)
     if raw.empty:
         raise IngestError(source, "empty_file", "no rows to clean")
     trips = normalize_trips(raw, color, source)
@@ -187,22 +230,17 @@ def clean_trips(
         "pickup_outside_month": lambda df: (df[PICKUP] >= start) & (df[PICKUP] < end),
         "duration_out_of_range": lambda df: df[DURATION].between(MIN_DURATION_MINUTES, MAX_DURATION_MINUTES),
     }
+    rules = list(RULES)
+    if window is not None:
+        since, until = pd.Timestamp(window[0]), pd.Timestamp(window[1])
+        checks[PICKUP_OUTSIDE_WINDOW] = lambda df: (df[PICKUP] >= since) & (df[PICKUP] < until)
+        rules.insert(rules.index("pickup_outside_month") + 1, PICKUP_OUTSIDE_WINDOW)
     trips[DURATION] = (trips[DROPOFF] - trips[PICKUP]).dt.total_seconds() / 60.0
     dropped: dict[str, int] = {}
-    for rule in RULES:
+    for rule in rules:
         keep = checks[rule](trips)
         dropped[rule] = int((~keep).sum())
         trips = trips[keep]
-    counts = ", ".join(f"{rule}={n}" for rule, n in dropped.items())
-    if trips.empty:
-        detail = f"all {len(raw)} rows of {color} {month} were dropped ({counts})"
-        raise IngestError(source, "no_rows_left", detail)
-    if len(trips) < min_rows:
-        detail = (
-            f"kept {len(trips)} of {len(raw)} rows of {color} {month} after cleaning ({counts}), "
-            f"fewer than min_rows={min_rows}, the least a month needs to train or evaluate on"
-        )
-        raise IngestError(source, "too_few_rows", detail)
     clean = trips.loc[:, list(CLEAN_COLUMNS)].reset_index(drop=True)
     clean[DURATION] = clean[DURATION].astype("float64")
     return clean, dropped
