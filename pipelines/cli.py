@@ -32,12 +32,42 @@ from pipelines.settings import Settings
 MONTH = click.STRING
 
 
+def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--train-window 2021-02-01:2021-03-03`` -> an ``EventWindow`` (None when not given)."""
+    if value is None:
+        return None
+    from components.data.event_window import EventWindow
+
+    try:
+        return EventWindow.parse(value, param.opts[0])
+    except TaxiMlopsError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _training_options(command: Any) -> Any:
     """What to train on and how to judge it: the options ``run`` and ``submit`` share."""
+    window_help = (
+        "Train on this window of event time (pickup time as the TLC writes it, New York wall clock; "
+        "start inclusive, end exclusive: ISO dates or date-times, e.g. 2021-02-01:2021-03-03), read "
+        "from every month file it spans, instead of --train-month."
+    )
     options = [
         click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True),
         click.option("--train-month", default="2021-01", show_default=True, metavar="YYYY-MM"),
         click.option("--val-month", default="2021-02", show_default=True, metavar="YYYY-MM"),
+        click.option("--train-window", metavar="START:END", callback=_window, help=window_help),
+        click.option(
+            "--val-window",
+            metavar="START:END",
+            callback=_window,
+            help="Validate (and gate against the champion) on this window instead of --val-month; it must "
+            "start at or after the end of the training data, e.g. 2021-03-03:2021-03-10.",
+        ),
+        click.option(
+            "--allow-missing-months",
+            is_flag=True,
+            help="A month a window spans with no file is skipped (and reported) instead of failing ingest.",
+        ),
         click.option(
             "--candidates",
             "candidate_names",
@@ -64,6 +94,15 @@ def _training_options(command: Any) -> Any:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _training_data(ctx: click.Context, train_window: Any, val_window: Any) -> None:
+    """A month and a window for the same side contradict each other: refuse it, do not pick one."""
+    from click.core import ParameterSource
+
+    for side, window in (("train", train_window), ("val", val_window)):
+        if window is not None and ctx.get_parameter_source(f"{side}_month") == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"give --{side}-month or --{side}-window, not both")
 
 
 class ErrorBoundary(click.Group):
@@ -118,12 +157,17 @@ def main() -> None:
 )
 @click.option("--no-deploy", is_flag=True, help="Register only; leave the local deployment as it is.")
 @click.option("--verbose", is_flag=True, help="Stream KFP's own task logs too.")
+@click.pass_context
 def run(
+    ctx: click.Context,
     data_dir: Path | None,
     s3_uri: str | None,
     color: str,
     train_month: str,
     val_month: str,
+    train_window: Any,
+    val_window: Any,
+    allow_missing_months: bool,
     candidate_names: str,
     param_overrides: tuple[str, ...],
     min_improvement: float,
@@ -144,11 +188,15 @@ def run(
     # collections of the interpreter's shutdown cost ~0.5 s; frozen objects are skipped.
     atexit.register(gc.freeze)
 
+    _training_data(ctx, train_window, val_window)
     settings = Settings.from_env(state_dir=state_dir)
     request = RunRequest(
         color=color,
         train_month=train_month,
         val_month=val_month,
+        train_window=train_window,
+        val_window=val_window,
+        allow_missing_months=allow_missing_months,
         data_dir=str(data_dir) if data_dir else None,
         s3_uri=s3_uri,
         candidates=parse_candidates(candidate_names, param_overrides),
@@ -219,6 +267,9 @@ _TRAINING_ONLY = (
     "color",
     "train_month",
     "val_month",
+    "train_window",
+    "val_window",
+    "allow_missing_months",
     "candidate_names",
     "param_overrides",
     "min_improvement",
@@ -282,6 +333,9 @@ def submit(
     color: str,
     train_month: str,
     val_month: str,
+    train_window: Any,
+    val_window: Any,
+    allow_missing_months: bool,
     candidate_names: str,
     param_overrides: tuple[str, ...],
     min_improvement: float,
@@ -310,15 +364,25 @@ def submit(
             fields = dict(override.split("=", 1) for override in policy_overrides)
             arguments["policy_overrides"] = json.dumps({k.strip(): v.strip() for k, v in fields.items()})
     else:
+        from components.data.event_window import plan_training_data
+        from pipelines.local_run import window_arguments
+
+        _training_data(ctx, train_window, val_window)
+        # Refused here, in one line, rather than by both ingest tasks in the cluster.
+        data = plan_training_data(train_month, val_month, train_window, val_window)
+        windows = {key: value for key, value in window_arguments(data).items() if value}
         arguments = {
             "color": color,
             "train_month": train_month,
             "val_month": val_month,
+            **windows,
             "candidates": parse_candidates(candidate_names, param_overrides),
             "min_improvement": min_improvement,
             "canary_percent": canary_percent,
             **arguments,
         }
+        if allow_missing_months:
+            arguments["allow_missing_months"] = True
         if s3_uri:
             arguments["s3_uri"] = s3_uri
         if no_deploy:

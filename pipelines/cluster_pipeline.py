@@ -12,6 +12,10 @@
   log, the labels and the verdicts in MinIO's ``monitoring`` bucket; the canary analysis
   pipeline's defaults are the cluster's names already (``pipelines.canary_pipeline``).
 
+The training build takes every parameter of the local one, the event-time windows
+(``train_start`` .. ``val_end``, ``allow_missing_months``) included: a recurring or
+policy-started run on the cluster trains on "the last N days" the same way.
+
 ``PIPELINES`` names each build, for ``taxi-mlops compile`` and ``submit``.
 """
 

@@ -32,11 +32,17 @@ def open_tracking_run(
     color: str,
     train_month: str,
     val_month: str,
+    train_start: str,
+    train_end: str,
+    val_start: str,
+    val_end: str,
     artifact_location: str,
     mlflow_run: Output[Artifact],
 ) -> None:
     """Start the MLflow parent run for this pipeline run (creating the experiment if it is new).
 
+    Its params say what each side read: ``train_month`` or ``train_window``
+    (``start/end``, ISO 8601's interval), the same for ``val``.
     The run id travels as an artifact (metadata ``run_id``), not as an output
     parameter: kfp.local (2.17) replaces every task-output parameter fed into
     a ParallelFor with the loop item, while artifacts pass through intact.
@@ -45,14 +51,13 @@ def open_tracking_run(
 
     from pipelines.steps.tracking_run import open_run_step
 
-    run_id = open_run_step(
-        tracking_uri,
-        experiment,
-        run_name,
-        kfp_job_id,
-        {"color": color, "train_month": train_month, "val_month": val_month},
-        artifact_location,
-    )
+    params = {"color": color}
+    for side, month, start, end in (
+        ("train", train_month, train_start, train_end),
+        ("val", val_month, val_start, val_end),
+    ):
+        params.update({f"{side}_window": f"{start}/{end}"} if start or end else {f"{side}_month": month})
+    run_id = open_run_step(tracking_uri, experiment, run_name, kfp_job_id, params, artifact_location)
     mlflow_run.metadata.update({"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment})
     with open(mlflow_run.path, "w", encoding="utf-8") as handle:
         json.dump({"run_id": run_id, "tracking_uri": tracking_uri}, handle)
@@ -71,7 +76,14 @@ def close_tracking_run(
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def ingest(
     color: str,
-    month: str,
+    side: str,
+    train_month: str,
+    val_month: str,
+    train_start: str,
+    train_end: str,
+    val_start: str,
+    val_end: str,
+    allow_missing_months: bool,
     data_dir: str,
     s3_uri: str,
     cache_dir: str,
@@ -79,12 +91,24 @@ def ingest(
     min_rows: int,
     trips: Output[Dataset],
 ) -> dict:
-    """Read one month of TLC trips and clean it (keeping at least ``min_rows``); returns the ingest report."""
+    """Read and clean one side's trips (``side`` train or val: its month, or its event-time window
+    when ``<side>_start``/``<side>_end`` are given), keeping at least ``min_rows``; returns the report.
+
+    Each ingest gets both sides' parameters to refuse a validation window that is not newer
+    than training before it reads anything.
+    """
     from pipelines.steps.ingest import ingest_step
 
     report = ingest_step(
         color=color,
-        month=month,
+        side=side,
+        train_month=train_month,
+        val_month=val_month,
+        train_start=train_start,
+        train_end=train_end,
+        val_start=val_start,
+        val_end=val_end,
+        allow_missing_months=allow_missing_months,
         data_dir=data_dir,
         s3_uri=s3_uri,
         cache_dir=cache_dir,
@@ -164,12 +188,16 @@ def evaluate(
     color: str,
     train_month: str,
     val_month: str,
+    train_start: str,
+    train_end: str,
+    val_start: str,
+    val_end: str,
     metrics: Output[Metrics],
     report: Output[HTML],
     winner: Output[Model],
     evaluation: Output[Artifact],
 ) -> None:
-    """Score candidates and the champion on the validation month, gate the winner.
+    """Score candidates and the champion on the validation trips (month or window), gate the winner.
 
     The evaluation travels as a JSON artifact: it holds nulls (no champion
     yet), which KFP parameters cannot carry.
@@ -178,6 +206,14 @@ def evaluate(
 
     from pipelines.steps.evaluate import evaluate_step
 
+    # The report names the data each side read: its month, or its window (start/end).
+    context = {"color": color}
+    for side, month, start, end in (
+        ("train", train_month, train_start, train_end),
+        ("val", val_month, val_start, val_end),
+    ):
+        context.update({f"{side}_window": f"{start}/{end}"} if start or end else {f"{side}_month": month})
+    context["mlflow_run"] = mlflow_run.metadata["run_id"]
     summary = evaluate_step(
         model_paths=[candidate_model.path for candidate_model in models],
         val_trips_path=val_trips.path,
@@ -187,12 +223,7 @@ def evaluate(
         min_improvement=min_improvement,
         report_path=report.path,
         winner_path=winner.path,
-        context={
-            "color": color,
-            "train_month": train_month,
-            "val_month": val_month,
-            "mlflow_run": mlflow_run.metadata["run_id"],
-        },
+        context=context,
     )
     for row in summary["candidates"]:
         metrics.log_metric(f"{row['name']}_rmse", round(row["rmse"], 4))

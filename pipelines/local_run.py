@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.data.cleaning_rules import DEFAULT_MIN_ROWS
+from components.data.event_window import EventWindow, TrainingData, plan_training_data
 from components.errors import TaxiMlopsError
 from pipelines.settings import Settings
 
@@ -57,6 +58,11 @@ class RunRequest:
     color: str = "green"
     train_month: str = "2021-01"
     val_month: str = "2021-02"
+    # A window of event time replaces the month of its side (components.data.event_window);
+    # validation must then start at or after the end of training.
+    train_window: EventWindow | None = None
+    val_window: EventWindow | None = None
+    allow_missing_months: bool = False  # skip a month a window spans that has no file
     data_dir: str | None = None
     s3_uri: str | None = None
     candidates: Sequence[Mapping[str, Any]] | None = None
@@ -64,6 +70,10 @@ class RunRequest:
     min_rows: int = DEFAULT_MIN_ROWS  # rows each month must keep after cleaning (too_few_rows)
     canary_percent: int = 20
     deploy: bool = True  # roll the registered version out to the local deployment state
+
+    def training_data(self) -> TrainingData:
+        """What each side reads; raises ``IngestError`` for validation that is not newer than training."""
+        return plan_training_data(self.train_month, self.val_month, self.train_window, self.val_window)
 
 
 @dataclass
@@ -221,11 +231,22 @@ def import_tracking_in_background(tracking_uri: str) -> threading.Thread:
     return thread
 
 
+def window_arguments(data: TrainingData) -> dict[str, str]:
+    """``train_start`` .. ``val_end`` as the pipeline takes them: full ISO date-times, empty for a month."""
+    arguments: dict[str, str] = {}
+    for side in (data.train, data.val):
+        bounds = side.span.to_dict() if side.is_window else {"start": "", "end": ""}
+        arguments.update({f"{side.side}_{key}": value for key, value in bounds.items()})
+    return arguments
+
+
 def pipeline_arguments(settings: Settings, request: RunRequest, run_name: str) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "color": request.color,
         "train_month": request.train_month,
         "val_month": request.val_month,
+        **window_arguments(request.training_data()),
+        "allow_missing_months": request.allow_missing_months,
         "min_improvement": request.min_improvement,
         "tracking_uri": settings.tracking_uri,
         "experiment": settings.experiment,
@@ -297,6 +318,8 @@ def run_pipeline_locally(
 
     from pipelines.training_pipeline import training_pipeline
 
+    # Windows that cannot be right are refused before anything starts (each ingest task checks too).
+    data = request.training_data()
     prepare_state_dir(settings)
     # Before this run opens its own: a run killed earlier must not stay RUNNING, and its
     # half-registered version must not become the champion this run's gate compares against.
@@ -327,7 +350,7 @@ def run_pipeline_locally(
             detail = tee.step_error or _ANSI.sub("", str(exc))
             raise PipelineRunError(f"step {step} failed: {detail} (full log: {log_path})") from None
     tracking_imports.join()  # whatever it failed to import, the summary's own imports raise
-    return build_summary(settings, run_name, tee.clock.seconds, log_path)
+    return build_summary(settings, run_name, tee.clock.seconds, log_path, data=data, color=request.color)
 
 
 @contextlib.contextmanager
@@ -392,9 +415,20 @@ class _Both(io.TextIOBase):
 
 
 def build_summary(
-    settings: Settings, run_name: str, step_seconds: Mapping[str, float], log_path: Path
+    settings: Settings,
+    run_name: str,
+    step_seconds: Mapping[str, float],
+    log_path: Path,
+    *,
+    data: TrainingData | None = None,
+    color: str = "green",
 ) -> dict[str, Any]:
-    """The run summary, read back from the MLflow parent run the pipeline wrote it to."""
+    """The run summary, read back from the MLflow parent run the pipeline wrote it to.
+
+    With ``data`` (what the run was asked to read) it holds ``data``: per side the month
+    (or null for a window), the ``start``/``end`` actually read and the rows kept, as the
+    candidates' runs recorded them.
+    """
     # MLflow announces its sqlite schema migrations at INFO; that is not news to a user.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -437,8 +471,24 @@ def build_summary(
         "model_version": registration["model_version"],
         "alias": registration["alias"],
         "deployment": deployment,
+        **({"data": _data_used(client, run_id, data, color)} if data is not None else {}),
         "step_seconds": dict(step_seconds),
         "mlflow_run_id": run_id,
         "run_name": run_name,
         "log_file": str(log_path),
     }
+
+
+def _data_used(client: Any, run_id: str, data: TrainingData, color: str) -> dict[str, Any]:
+    """Each side's span and rows kept, from the lineage params of one candidate's run (``steps/train.py``)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=1
+    )
+    params = children[0].data.params if children else {}
+    used: dict[str, Any] = {"color": color}
+    for side in (data.train, data.val):
+        key = f"data.{side.side}.rows" if side.is_window else f"data.{color}.{side.month}.rows"
+        rows = params.get(key)
+        used[side.side] = {**side.to_dict(), "rows": int(rows) if rows is not None else None}
+    return used

@@ -66,8 +66,8 @@ def build_pipeline(
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
-            "Train trip-duration candidates on one TLC month, gate the best against the champion, "
-            "register it and deploy it as a canary."
+            "Train trip-duration candidates on a TLC month or a window of event time, gate the best "
+            "against the champion on the newer validation data, register it and deploy it as a canary."
         ),
         pipeline_root=pipeline_root,
     )
@@ -75,6 +75,11 @@ def build_pipeline(
         color: str = "green",
         train_month: str = "2021-01",
         val_month: str = "2021-02",
+        train_start: str = "",
+        train_end: str = "",
+        val_start: str = "",
+        val_end: str = "",
+        allow_missing_months: bool = False,
         candidates: List[dict] = DEFAULT_CANDIDATES,  # noqa: UP006 - KFP reads the default as data
         min_improvement: float = 0.01,
         tracking_uri: str = defaults.tracking_uri,
@@ -96,7 +101,24 @@ def build_pipeline(
         """Hyperparameters travel inside ``candidates``.
 
         For example ``[{"name": "ridge", "params": {"alpha": 0.5}}, {"name": "xgboost", "params": {}}]``.
+
+        ``train_start``/``train_end`` (ISO 8601 dates or date-times of pickup time, start
+        inclusive, end exclusive; empty: not used) replace ``train_month`` with that window
+        of event time, read from every month file it spans; ``val_start``/``val_end`` do the
+        same for ``val_month``. With a window, validation must start at or after the end of
+        training. A month the window spans that has no file fails ingest, unless
+        ``allow_missing_months`` (see ``components.data.window_ingest``).
         """
+        # What each side reads: its month, or the window that replaces it.
+        data = {
+            "color": color,
+            "train_month": train_month,
+            "val_month": val_month,
+            "train_start": train_start,
+            "train_end": train_end,
+            "val_start": val_start,
+            "val_end": val_end,
+        }
         closer = close_tracking_run(
             tracking_uri=tracking_uri, experiment=experiment, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
         ).set_display_name("close-mlflow-run")
@@ -106,25 +128,22 @@ def build_pipeline(
                 experiment=experiment,
                 run_name=run_name,
                 kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                color=color,
-                train_month=train_month,
-                val_month=val_month,
+                **data,
                 artifact_location=artifact_location,
             ).set_display_name("open-mlflow-run")
 
             source = {
+                **data,
+                "allow_missing_months": allow_missing_months,
                 "data_dir": data_dir,
                 "s3_uri": s3_uri,
                 "cache_dir": cache_dir,
                 "tlc_base_url": tlc_base_url,
                 "min_rows": min_rows,
             }
-            train_trips = ingest(color=color, month=train_month, **source).set_display_name(
-                "ingest-train-month"
-            )
-            val_trips = ingest(color=color, month=val_month, **source).set_display_name(
-                "ingest-validation-month"
-            )
+            # The training side first: local_run names the tasks ingest/ingest-2 by this order.
+            train_trips = ingest(side="train", **source).set_display_name("ingest-train-data")
+            val_trips = ingest(side="val", **source).set_display_name("ingest-validation-data")
 
             features = vectorize(
                 train_trips=train_trips.outputs["trips"], val_trips=val_trips.outputs["trips"]
@@ -145,9 +164,7 @@ def build_pipeline(
                 mlflow_run=opened.outputs["mlflow_run"],
                 model_name=model_name,
                 min_improvement=min_improvement,
-                color=color,
-                train_month=train_month,
-                val_month=val_month,
+                **data,
             ).set_display_name("evaluate-and-gate")
 
             registered = register(

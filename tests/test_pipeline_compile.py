@@ -50,6 +50,11 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
         "color": "STRING",
         "train_month": "STRING",
         "val_month": "STRING",
+        "train_start": "STRING",
+        "train_end": "STRING",
+        "val_start": "STRING",
+        "val_end": "STRING",
+        "allow_missing_months": "BOOLEAN",
         "candidates": "LIST",
         "min_improvement": "NUMBER_DOUBLE",
         "tracking_uri": "STRING",
@@ -70,6 +75,10 @@ def test_pipeline_parameters_and_defaults(pipeline_ir):
     }
     assert {name: spec["parameterType"] for name, spec in params.items()} == expected
     assert params["color"]["defaultValue"] == "green"
+    # No window by default: the months are what a run reads, as before windows existed.
+    for bound in ("train_start", "train_end", "val_start", "val_end"):
+        assert params[bound]["defaultValue"] == "", bound
+    assert params["allow_missing_months"]["defaultValue"] is False
     assert params["min_improvement"]["defaultValue"] == pytest.approx(0.01)
     assert params["min_rows"]["defaultValue"] == DEFAULT_MIN_ROWS == 1000
     # The local build uploads nothing and deploys to no InferenceService unless told to.
@@ -114,6 +123,30 @@ def test_both_ingest_tasks_get_the_min_rows_parameter(pipeline_ir):
         assert given == {"componentInputParameter": "pipelinechannel--min_rows"}, task
     ingest_inputs = pipeline_ir["components"]["comp-ingest"]["inputDefinitions"]["parameters"]
     assert ingest_inputs["min_rows"]["parameterType"] == "NUMBER_INTEGER"
+
+
+_DATA_PARAMETERS = ("color", "train_month", "val_month", "train_start", "train_end", "val_start", "val_end")
+
+
+def test_each_ingest_task_reads_its_side_and_gets_both_sides_windows(pipeline_ir):
+    """Each ingest checks the whole plan (validation newer than training) before reading its own side."""
+    body = _dag_tasks(pipeline_ir, "comp-exit-handler-1")
+    for task, side in (("ingest", "train"), ("ingest-2", "val")):
+        given = body[task]["inputs"]["parameters"]
+        assert given["side"] == {"runtimeValue": {"constant": side}}, task
+        for name in (*_DATA_PARAMETERS, "allow_missing_months"):
+            assert given[name] == {"componentInputParameter": f"pipelinechannel--{name}"}, (task, name)
+    ingest_inputs = pipeline_ir["components"]["comp-ingest"]["inputDefinitions"]["parameters"]
+    assert ingest_inputs["allow_missing_months"]["parameterType"] == "BOOLEAN"
+    assert "month" not in ingest_inputs  # the side's month is one of train_month/val_month
+
+
+def test_the_mlflow_run_and_the_evaluation_report_get_the_windows(pipeline_ir):
+    body = _dag_tasks(pipeline_ir, "comp-exit-handler-1")
+    for task in ("open-tracking-run", "evaluate"):
+        given = body[task]["inputs"]["parameters"]
+        for name in _DATA_PARAMETERS:
+            assert given[name] == {"componentInputParameter": f"pipelinechannel--{name}"}, (task, name)
 
 
 def test_candidates_fan_out_with_parallel_for_and_are_collected(pipeline_ir):
@@ -196,6 +229,8 @@ def test_cluster_build_is_the_same_graph_with_cluster_defaults(cluster_docs, pip
     assert params["inference_service"]["defaultValue"] == "taxi-duration"
     assert params["inference_namespace"]["defaultValue"] == "taxi-mlops"
     assert params["deployment_state_path"]["defaultValue"] == ""
+    for bound in ("train_start", "train_end", "val_start", "val_end"):  # windows: the local build's
+        assert params[bound] == {"defaultValue": "", "isOptional": True, "parameterType": "STRING"}, bound
 
 
 def test_cluster_build_runs_every_task_in_the_project_image_with_minio_env(cluster_docs):
