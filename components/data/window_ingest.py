@@ -131,7 +131,7 @@ def load_window(
                     "missing_month",
                     f"the {what} {window} spans {color} {month}, which is missing ({exc.detail}); "
                     "allow_missing_months (--allow-missing-months) reads the months that are there",
-                ) from exc
+                ) from None  # its detail is in ours; a chained one would be logged first
             missing.append(month)
             continue
         raw = read_trip_file(resolved.path, color)

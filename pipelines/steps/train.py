@@ -52,18 +52,19 @@ def train_step(
 
 
 def _lineage_params(data_reports: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    # Counts come back from KFP's artifact metadata as floats (a protobuf Struct's numbers): 61920.0.
     params: dict[str, str] = {}
     for report in data_reports:
         files = [report]
         if "files" in report:  # a window of event time (components.data.window_ingest): its span and rows
             side = report.get("side", "window")
             params[f"data.{side}.window"] = f"{report['start']}/{report['end']}"
-            params[f"data.{side}.rows"] = str(report["rows_kept"])
+            params[f"data.{side}.rows"] = str(int(report["rows_kept"]))
             files = report["files"]
         for file in files:
             prefix = f"data.{file['color']}.{file['month']}"
             params[f"{prefix}.source"] = str(file["source"])
             params[f"{prefix}.sha256"] = str(file["sha256"])
             if file is report:  # a whole month; a window's rows per file may share a file with the other side
-                params[f"{prefix}.rows"] = str(report["rows_kept"])
+                params[f"{prefix}.rows"] = str(int(report["rows_kept"]))
     return params
