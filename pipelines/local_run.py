@@ -29,7 +29,7 @@ from components.data.event_window import EventWindow, TrainingData, plan_trainin
 from components.errors import TaxiMlopsError
 from pipelines.settings import Settings
 
-# Friendly step names for KFP's task names (the second ingest is the validation month).
+# Friendly step names for KFP's task names (the second ingest reads the validation month or window).
 STEP_NAMES = {
     "open-tracking-run": "open_run",
     "ingest": "ingest_train",

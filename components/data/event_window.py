@@ -40,8 +40,8 @@ _MONTH_RE: Final = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _WINDOW_RE: Final = re.compile(r"^\s*(?P<start>.+?)\s*[:/]\s*(?P<end>\d{4}-\d{2}-\d{2}\S*)\s*$")
 _DATE_RE: Final = re.compile(
     r"^\d{4}-\d{2}-\d{2}"  # the date
-    r"([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?"  # the time of day, to the microsecond
-    r"(Z|[+-]\d{2}:?\d{2})?$"  # an offset
+    r"([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?"  # the time of day, to the microsecond
+    r"(Z|[+-]\d{2}:?\d{2})?)?$"  # and its offset, if any
 )
 
 
