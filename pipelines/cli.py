@@ -835,7 +835,17 @@ def monitor(
         artifact_location="" if cluster else settings.artifact_location,
         report_path=str(html_out) if html_out else "",
     )
-    outcome = monitor_step(request)
+    import logging
+
+    from pipelines.steps.notes import log as step_notes
+
+    # The step notes its verdict for a KFP task's log; here the lines below say it once.
+    previous = step_notes.level
+    step_notes.setLevel(logging.WARNING)
+    try:
+        outcome = monitor_step(request)
+    finally:
+        step_notes.setLevel(previous)
     for line in verdict_lines(outcome.verdict):
         click.echo(line)
     click.echo(f"verdict saved in {request.monitor} ({outcome.verdict['evaluated_at']})")
