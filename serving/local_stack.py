@@ -167,6 +167,28 @@ class ReconcileReport:
         }
 
 
+def answers_200(host: str, port: int, path: str, timeout: float = 1.0) -> bool:
+    """Whether ``GET path`` on host:port answers 200 now (a readiness probe; any failure is "no")."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last non-blank ``lines`` of a child's log, for the error that says why it did not start."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(tail) or "(empty log)"
+
+
 @dataclass(eq=False)
 class PredictorProcess:
     """One running predictor: which revision, where it listens, its process and log file."""
@@ -191,22 +213,10 @@ class PredictorProcess:
 
     def ready(self, model_name: str) -> bool:
         """KServe's model readiness: 200 from ``/v2/models/<name>/ready`` once the model is loaded."""
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=1.0)
-        try:
-            connection.request("GET", f"/v2/models/{model_name}/ready")
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            connection.close()
+        return answers_200(self.host, self.port, f"/v2/models/{model_name}/ready")
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        tail = [line for line in text.splitlines() if line.strip()][-lines:]
-        return "\n".join(tail) or "(empty log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self, grace: float) -> None:
         """SIGTERM the process group (KServe shuts down gracefully), SIGKILL after ``grace`` seconds."""

@@ -20,7 +20,6 @@ and the three logs live in ``<state>/observe/``. Alertmanager's cluster gossip
 
 from __future__ import annotations
 
-import http.client
 import math
 import os
 import shutil
@@ -40,7 +39,13 @@ import yaml
 from components.errors import TaxiMlopsError
 from components.storage.atomic_write import write_atomically
 from serving.alert_receiver import ALERTS_DIR_NAME, ALERTS_FILE_NAME
-from serving.local_stack import PROMETHEUS_TARGETS_FILE, orphan_proof, stop_process_group
+from serving.local_stack import (
+    PROMETHEUS_TARGETS_FILE,
+    answers_200,
+    log_tail,
+    orphan_proof,
+    stop_process_group,
+)
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 #: The one rules file, shared with the cluster's monitoring component.
@@ -212,21 +217,10 @@ class _Child:
     def ready(self) -> bool:
         host, port_path = self.ready_url.removeprefix("http://").split(":", 1)
         port, _, path = port_path.partition("/")
-        connection = http.client.HTTPConnection(host, int(port), timeout=1.0)
-        try:
-            connection.request("GET", "/" + path)
-            return connection.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            connection.close()
+        return answers_200(host, int(port), "/" + path)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:]) or "(empty log)"
+        return log_tail(self.log_path, lines)
 
 
 @dataclass
