@@ -25,7 +25,6 @@ the retraining policy reads ``alerts.jsonl`` and acts on alerts labelled
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from components.errors import TaxiMlopsError
+from components.storage.json_records import append_records, read_records
 
 #: Under the state folder: ``<state>/alerts/alerts.jsonl`` (the retraining issue reads it).
 ALERTS_DIR_NAME: Final = "alerts"
@@ -115,28 +115,18 @@ class AlertLog:
         self._lock = threading.Lock()
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
-        text = "".join(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n" for record in records)
-        with self._lock, open(self.path, "a+b") as log:
-            if log.tell() > 0:
-                log.seek(-1, os.SEEK_END)
-                if log.read(1) != b"\n":
-                    text = "\n" + text  # a killed writer's torn line stays a line of its own
-            log.write(text.encode("utf-8"))
-            log.flush()
-            os.fsync(log.fileno())
+        with self._lock:  # one notification's records stay together, between threads too
+            append_records(self.path, records)
 
     def read(self) -> list[dict[str, Any]]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        records = []
-        for line in lines:
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
+        return read_records(self.path, _record)
+
+
+def _record(text: str, source: str) -> dict[str, Any]:
+    record = json.loads(text)  # a torn line raises ValueError and is skipped
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: not an alert record")
+    return record
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,15 +22,20 @@ T = TypeVar("T")
 
 def append_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Append ``record`` as one JSON line and fsync it; creates the folder."""
+    append_records(path, [record])
+
+
+def append_records(path: str | os.PathLike[str], records: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``records`` in one write, one JSON line each, and fsync them; creates the folder."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
+    text = "".join(json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n" for record in records)
     with open(target, "a+b") as history:
         if history.tell() > 0:
             history.seek(-1, os.SEEK_END)
             if history.read(1) != b"\n":
-                line = "\n" + line  # end a torn last line first, so this record is a line of its own
-        history.write(line.encode("utf-8"))
+                text = "\n" + text  # end a torn last line first, so these records are lines of their own
+        history.write(text.encode("utf-8"))
         history.flush()
         os.fsync(history.fileno())
 
