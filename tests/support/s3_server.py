@@ -29,12 +29,23 @@ def moto_s3() -> Iterator[S3Connection]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    conn = S3Connection(
+        endpoint=f"{host}:{port}", access_key="test", secret_key="test", secure=False, region="us-east-1"
+    )
+    # moto keeps its buckets in this process, not in the server: a new server would see what an
+    # earlier test module left (the same bucket names, e.g. s3://monitoring). Start empty.
+    _empty(conn.client())
     try:
-        yield S3Connection(
-            endpoint=f"{host}:{port}", access_key="test", secret_key="test", secure=False, region="us-east-1"
-        )
+        yield conn
     finally:
         server.stop()
+
+
+def _empty(client: Minio) -> None:
+    for bucket in client.list_buckets():
+        for found in client.list_objects(bucket.name, recursive=True):
+            client.remove_object(bucket.name, found.object_name)
+        client.remove_bucket(bucket.name)
 
 
 def upload_object(conn: S3Connection, bucket: str, key: str, body: bytes) -> None:
