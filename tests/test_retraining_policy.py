@@ -77,3 +77,24 @@ def test_ok_says_why_not_and_the_document_has_the_contract_fields() -> None:
 def test_a_policy_that_cannot_work_is_refused(field: str) -> None:
     with pytest.raises(RetrainingPolicyError):
         RetrainingPolicy(**{field: 0})
+
+
+def test_what_wakes_the_loop() -> None:
+    from components.retraining.triggers import new_months, retrain_alerts, schedule_due
+
+    records = [
+        {"status": "firing", "labels": {"alertname": "TaxiPredictorSlowP99", "severity": "warning"}},
+        {"status": "firing", "labels": {"alertname": "TaxiAccuracyDegraded", "action": "retrain-candidate",
+                                        "model_version": "1"}},
+        {"status": "resolved", "labels": {"alertname": "TaxiDataDrift", "action": "retrain-candidate"}},
+    ]  # fmt: skip
+    wakes, cursor = retrain_alerts(records, 0)
+    assert [w.reason for w in wakes] == ["alert TaxiAccuracyDegraded for model version 1"] and cursor == 3
+    assert retrain_alerts(records, cursor) == ([], 3)  # an alert read once wakes the loop once
+    assert [w.reason for w in new_months(["2021-01", "2021-03", "2021-02"], ["2021-01"])] == [
+        "month 2021-02 landed in the data source",
+        "month 2021-03 landed in the data source",
+    ]
+    assert schedule_due(NOW, None, timedelta(days=30)) is not None
+    assert schedule_due(NOW, NOW - timedelta(days=29), timedelta(days=30)) is None
+    assert schedule_due(NOW, NOW - timedelta(days=30), timedelta(days=30)).source == "schedule"
