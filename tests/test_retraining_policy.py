@@ -98,3 +98,22 @@ def test_what_wakes_the_loop() -> None:
     assert schedule_due(NOW, None, timedelta(days=30)) is not None
     assert schedule_due(NOW, NOW - timedelta(days=29), timedelta(days=30)) is None
     assert schedule_due(NOW, NOW - timedelta(days=30), timedelta(days=30)).source == "schedule"
+
+
+def test_weekly_rmse_groups_by_iso_monday_on_the_same_trips() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from components.retraining.timeline import weekly_rmse
+
+    times = pd.Series(
+        pd.to_datetime(["2021-03-01 08:00", "2021-03-07 23:59", "2021-03-08 00:00", "2021-03-10 00:00"])
+    )
+    actual = np.array([10.0, 20.0, 10.0, 10.0])
+    rows = weekly_rmse(
+        times, actual, {"served": actual + np.array([1, 1, 2, 2]), "never_retrain": actual + 3}, min_trips=1
+    )
+    assert [row["week"] for row in rows] == ["2021-03-01", "2021-03-08"]  # Sunday 23:59 is still week one
+    assert rows[0] == {"week": "2021-03-01", "trips": 2, "served_rmse": 1.0, "never_retrain_rmse": 3.0}
+    assert rows[1]["served_rmse"] == 2.0
+    assert weekly_rmse(times, actual, {"served": actual}, min_trips=3) == []
