@@ -53,7 +53,17 @@ def test_elsewhere_the_collector_is_left_alone():
     assert seen == {"startup": True, "step": True, "frozen": 0, "failed": seen["failed"]}
 
 
-STEP_MODULES = ["canary", "deploy", "evaluate", "ingest", "monitor", "register", "tracking_run", "train", "vectorize"]
+STEP_MODULES = [
+    "canary",
+    "deploy",
+    "evaluate",
+    "ingest",
+    "monitor",
+    "register",
+    "tracking_run",
+    "train",
+    "vectorize",
+]
 
 
 @pytest.mark.parametrize("module", STEP_MODULES)
