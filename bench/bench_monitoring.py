@@ -55,6 +55,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from process_memory import reset_peak, status_kib  # bench/, first on sys.path for a script
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 DEFAULT_DATA_DIR = Path(os.environ.get("TAXI_TLC_DATA_DIR", REPO.parent / "shared" / "data" / "tlc"))
@@ -106,24 +108,6 @@ def _run_child(cmd: list[str], what: str, env: dict[str, str] | None = None) -> 
         raise SystemExit(f"{what} printed no result:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}") from None
 
 
-def _status_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in KiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset VmHWM, the peak resident set, to the current one
-        return True
-    except OSError:
-        return False
-
-
 def rate_with_ci(flagged: int, n: int) -> dict[str, Any]:
     """Share flagged and its exact (Clopper-Pearson) 95 % interval."""
     from scipy.stats import beta
@@ -152,12 +136,12 @@ def child_speed(spec: dict[str, Any]) -> None:
     profile = load_profile(spec["profile"])
     window = pd.read_parquet(spec["window"], columns=list(COLUMNS))
     gc.collect()
-    base = _status_kib("VmRSS")
-    reset = _reset_peak()
+    base = status_kib("VmRSS")
+    reset = reset_peak()
     began = time.perf_counter()
     report = detect_drift(window, profile).to_dict()
     seconds = time.perf_counter() - began
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     result = {
         "import_s": import_s,
         "rows": len(window),

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from process_memory import reset_peak, status_kib  # bench/, first on sys.path for a script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = Path(os.environ.get("TAXI_TLC_DATA_DIR", REPO.parent / "shared" / "data" / "tlc"))
 MONTH_FILE = "green_tripdata_2021-01.parquet"
@@ -43,23 +45,6 @@ FIELDS = ["PULocationID", "DOLocationID", "trip_distance"]
 
 
 # ----------------------------------------------------------------------- child
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # 5 = reset the peak RSS (VmHWM, seen by ru_maxrss) to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 def load_month(path: Path):
     """The course's read_dataframe: duration 1..60 minutes, ids as strings."""
     import pandas as pd
@@ -130,8 +115,8 @@ def child_main(impl: str, data_dir: Path, rows: int, seed: int) -> None:
 
     df = load_scenario(data_dir, rows, seed)
     gc.collect()
-    baseline = _rss_kib("VmRSS")
-    reset = _reset_peak()
+    baseline = status_kib("VmRSS")
+    reset = reset_peak()
     X, model, features_s, vec_s, train_s, estimator = (run_reference if impl == "reference" else run_ours)(df)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     y = df["duration"].to_numpy()

@@ -33,27 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from process_memory import reset_peak, status_kib  # bench/, first on sys.path for a script
+
 NUMERICAL = ["trip_distance", "prediction"]
 CATEGORICAL = ["PULocationID", "DOLocationID"]
 COLUMNS = NUMERICAL + CATEGORICAL
-
-
-def _status_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in KiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset VmHWM, the peak resident set, to the current one
-        return True
-    except OSError:
-        return False
 
 
 def _drifted(method: str, value: float, threshold: float) -> bool:
@@ -123,12 +107,12 @@ def main(argv: list[str]) -> int:
         current = windows.loc[:, COLUMNS]
         del windows
         gc.collect()
-        base = _status_kib("VmRSS")
-        reset = _reset_peak()
+        base = status_kib("VmRSS")
+        reset = reset_peak()
         began = time.perf_counter()
         verdict = judge(current, reference)
         seconds = time.perf_counter() - began
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         result |= {
             "rows": len(current),
             "seconds": seconds,
