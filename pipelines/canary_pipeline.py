@@ -19,7 +19,6 @@ pipeline root in MinIO, pull policy).
 """
 
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
-from collections.abc import Callable
 
 from kfp import compiler, dsl
 from kfp.dsl.base_component import BaseComponent
@@ -36,19 +35,15 @@ from components.names import (
     REGISTERED_MODEL_NAME,
 )
 from pipelines.kfp_components import VERDICT_OUTPUT, canary_analysis
+from pipelines.task_settings import TaskSettings, as_is
 
 PIPELINE_NAME = f"{REGISTERED_MODEL_NAME}-canary"
 #: The recurring run's schedule the docs suggest: every five minutes (KFP cron, seconds first).
 SUGGESTED_SCHEDULE = "0 */5 * * * *"
-TaskSettings = Callable[[dsl.PipelineTask], object]
-
-
-def _as_is(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return task
 
 
 def build_canary_pipeline(
-    configure_task: TaskSettings = _as_is, pipeline_root: str | None = None
+    configure_task: TaskSettings = as_is, pipeline_root: str | None = None
 ) -> BaseComponent:
     """The pipeline; ``configure_task`` is applied to its task."""
 

@@ -15,7 +15,6 @@ the default window: the ``last_hours`` up to the newest logged event.
 """
 
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from kfp import compiler, dsl
@@ -24,11 +23,11 @@ from kfp.dsl.base_component import BaseComponent
 from components.names import EXPERIMENT_NAME, MLFLOW_TRACKING_URI, REGISTERED_MODEL_NAME
 from components.registry.versions import CHAMPION
 from pipelines.kfp_components import VERDICT_OUTPUT, monitor
+from pipelines.task_settings import TaskSettings, as_is
 
 PIPELINE_NAME = f"{REGISTERED_MODEL_NAME}-monitoring"
 #: The default window of a recurring run: an hourly schedule judges the day up to the newest event.
 DEFAULT_LAST_HOURS = 24.0
-TaskSettings = Callable[[dsl.PipelineTask], object]
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,9 @@ class MonitoringDefaults:
     monitor_uri: str = ""
 
 
-def _as_is(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return task
-
-
 def build_monitoring_pipeline(
     defaults: MonitoringDefaults = MonitoringDefaults(),
-    configure_task: TaskSettings = _as_is,
+    configure_task: TaskSettings = as_is,
     pipeline_root: str | None = None,
 ) -> BaseComponent:
     """The pipeline with these defaults; ``configure_task`` is applied to its task."""

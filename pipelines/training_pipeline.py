@@ -10,7 +10,6 @@ secret as env, pull policy) is this very graph with other settings, not a copy.
 """
 
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import List  # noqa: UP035 - KFP's signature parser wants typing.List
 
@@ -36,10 +35,10 @@ from pipelines.kfp_components import (
     train,
     vectorize,
 )
+from pipelines.task_settings import TaskSettings, as_is
 
 PIPELINE_NAME = f"{REGISTERED_MODEL_NAME}-training"
 DEFAULT_CANDIDATES: list[dict] = [{"name": name, "params": {}} for name in CANDIDATES]
-TaskSettings = Callable[[dsl.PipelineTask], object]
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,9 @@ class PipelineDefaults:
     inference_namespace: str = NAMESPACE
 
 
-def _as_is(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return task
-
-
 def build_pipeline(
     defaults: PipelineDefaults = PipelineDefaults(),
-    configure_task: TaskSettings = _as_is,
+    configure_task: TaskSettings = as_is,
     pipeline_root: str | None = None,
 ) -> BaseComponent:
     """The pipeline with these defaults; ``configure_task`` is applied to every task."""
