@@ -49,6 +49,9 @@ CANARY_URI: Final = f"s3://{MONITORING_BUCKET}/{CANARY_DIR_NAME}"
 # HTTP headers of the serving contract: the client, the traffic splitter and the predictor speak them.
 MODEL_VERSION_HEADER: Final = "x-model-version"  # on every answer: the version that answered
 REVISION_HEADER: Final = "x-taxi-revision"  # champion or canary, stamped by the splitter
+#: The two revision roles: in that header, the prediction log's ``revision`` and the splitter's /status.
+CHAMPION_REVISION: Final = "champion"
+CANARY_REVISION: Final = "canary"
 REQUEST_ID_HEADER: Final = "x-request-id"  # the client's id for the request (echoed, logged)
 CLOUDEVENT_ID_HEADER: Final = "ce-id"  # CloudEvents binary mode: the event id names the request too
 EVENT_TIME_HEADER: Final = "x-event-time"  # ISO 8601 event time (a replay's pickup time)

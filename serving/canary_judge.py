@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -45,13 +45,13 @@ from components.features.trip_features import TARGET_COLUMN
 from components.models.duration_model import TripDurationModel
 from components.monitoring.labels import join_labels, read_labels
 from components.monitoring.prediction_log import read_prediction_log
+from components.names import CANARY_REVISION as CANARY
+from components.names import CHAMPION_REVISION as CHAMPION
 from components.storage.atomic_write import write_atomically
 from serving.deployment_state import DeploymentState, Revision
 
 MEMORY_FILE: Final = "judge.json"
 REPORT_FILE: Final = "report.html"  # the newest canary's page; each canary also keeps report-v<N>.html
-CHAMPION: Final = "champion"
-CANARY: Final = "canary"
 _INPUTS: Final = ["PULocationID", "DOLocationID", "trip_distance"]
 
 
@@ -188,7 +188,6 @@ class PairedTrips:
     newest_event: pd.Timestamp | None
     logged: int = 0
     mismatched: int = 0  # logged minutes that differ from the answering model's offline score
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def paired_trips(

@@ -57,15 +57,15 @@ import yarl
 from components.canary.decision_metrics import decision_metrics_from
 from components.monitoring.verdict_metrics import verdict_metrics_text
 from components.monitoring.verdict_store import VerdictStoreError, load_latest
-from components.names import MODEL_VERSION_HEADER, REVISION_HEADER
+from components.names import CANARY_REVISION, CHAMPION_REVISION, MODEL_VERSION_HEADER, REVISION_HEADER
 from serving.deployment_state import DeploymentState, Revision
 from serving.error_responses import POST_ONLY_SUFFIXES
 from serving.revision_health import RevisionHealth
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CANARY = "canary"
+CHAMPION = CHAMPION_REVISION
+CANARY = CANARY_REVISION
 PROXIED_PREFIXES = ("/v1/", "/v2/")
 # Predict / explain / infer paths (by suffix: POST_ONLY_SUFFIXES, the predictor's own rule) take POST
 # only; every other path GET or HEAD.
