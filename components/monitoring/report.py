@@ -571,40 +571,24 @@ def _comparison_figure(
 def _distributions_html(rows: _Rows, profile: ReferenceProfile) -> str:
     panels = []
     notes = []
-    distance_ref = profile.validation.distance
-    if rows.distance.size:
-        panels.append(
-            (
-                *_comparison_figure(
-                    rows.distance,
-                    distance_ref,
-                    title="Trip distance",
-                    xlabel="trip distance (miles)",
-                    inner=(0, _last_uniform_bin(distance_ref.edges)),
-                    unit="mi",
-                ),
-                "md",
-            )
+    for values, reference, title, xlabel, unit, key, missing in (
+        (rows.distance, profile.validation.distance, "Trip distance", "trip distance (miles)", "mi", "md",
+         "No trip distances in this window to compare."),
+        (rows.prediction, profile.scores.predictions, "Predicted duration", "predicted duration (min)", "min",
+         "mp", "No predictions in this window to compare."),
+    ):  # fmt: skip
+        if not values.size:
+            notes.append(missing)
+            continue
+        fig, caption = _comparison_figure(
+            values,
+            reference,
+            title=title,
+            xlabel=xlabel,
+            inner=(0, _last_uniform_bin(reference.edges)),
+            unit=unit,
         )
-    else:
-        notes.append("No trip distances in this window to compare.")
-    predictions_ref = profile.scores.predictions
-    if rows.prediction.size:
-        panels.append(
-            (
-                *_comparison_figure(
-                    rows.prediction,
-                    predictions_ref,
-                    title="Predicted duration",
-                    xlabel="predicted duration (min)",
-                    inner=(0, _last_uniform_bin(predictions_ref.edges)),
-                    unit="min",
-                ),
-                "mp",
-            )
-        )
-    else:
-        notes.append("No predictions in this window to compare.")
+        panels.append((fig, caption, key))
     if not panels:
         return _empty("The window has no trips: nothing to compare with the reference.")
     if rows.n < DriftPolicy().min_window:
