@@ -49,11 +49,12 @@ POLICY = CanaryPolicy(
     resamples=300,
     interval_seconds=1.0,
     max_error_rate=0.05,
-    # A p99 of ~150 requests is their second-slowest, and the tests share 2 cores with whatever
-    # else runs: generous latency limits, so only the injected 800 ms delay crosses them.
-    max_p99_ms=400.0,
+    # A p99 of ~150 requests is their second-slowest: a fresh predictor's first answers (seen:
+    # 336 ms on a busy machine) decide it, where the default step's 1,000 requests would not.
+    # So limits only the injected 800 ms delay crosses.
+    max_p99_ms=600.0,
     max_p99_ratio=4.0,
-    p99_ratio_floor_ms=200.0,
+    p99_ratio_floor_ms=600.0,
 )
 CHUNK = 300
 
