@@ -49,7 +49,9 @@ def _decision(now: str = "2021-03-20T00:00:00") -> dict:
         labelled_until=datetime(2021, 3, 20),
         labelled_since_training=4000,
     )
-    decision = decide(signals, RetrainingPolicy(train_days=30, holdout_days=10)).to_dict()
+    decision = decide(
+        signals, RetrainingPolicy(degraded_windows=1, train_days=30, holdout_days=10, min_post_change_days=10)
+    ).to_dict()
     assert decision["kind"] == "retrain"
     return decision
 

@@ -11,15 +11,21 @@ from components.retraining.policy import RetrainingPolicy, RetrainingPolicyError
 NOW = datetime(2021, 3, 20)
 
 
-def _verdict(kind: str) -> dict:
-    return {"verdict": kind, "accuracy": {"rmse": 7.4, "baseline_rmse": 6.0}}
+def _verdict(kind: str, day: int) -> dict:
+    """A daily window's verdict; the newest of ``n`` ends two days before NOW (labels lag a day)."""
+    start = NOW - timedelta(days=day + 2)
+    window = {
+        "start": f"{start.isoformat()}+00:00",
+        "end": f"{(start + timedelta(days=1)).isoformat()}+00:00",
+    }
+    return {"verdict": kind, "window": window, "accuracy": {"rmse": 7.4, "baseline_rmse": 6.0}}
 
 
 def _signals(*kinds: str, **changes) -> Signals:
     values = {
         "now": NOW,
         "champion_version": "1",
-        "verdicts": [_verdict(k) for k in kinds],
+        "verdicts": [_verdict(k, len(kinds) - 1 - i) for i, k in enumerate(kinds)],
         "champion_trained_until": NOW - timedelta(days=10),
         "labelled_until": NOW - timedelta(days=1),
         "labelled_since_training": 40_000,
@@ -28,18 +34,29 @@ def _signals(*kinds: str, **changes) -> Signals:
     return Signals(**values)
 
 
-def test_confirmed_decay_retrains_on_the_newest_labelled_windows() -> None:
-    decision = decide(_signals("ok", "degraded"))
+def test_confirmed_decay_waits_for_days_after_the_change_then_trains_across_it() -> None:
+    one = decide(_signals("ok", "degraded"))
+    assert one.kind == "no_retrain" and "1 in a row degraded (retrain at 2)" in one.reason
+    # Three degraded daily windows: the change began 2021-03-16, labels reach 03-19 -- 3 days.
+    waited = decide(
+        _signals("ok", "degraded", "degraded", "degraded"), RetrainingPolicy(min_post_change_days=5)
+    )
+    assert waited.kind == "no_retrain"
+    assert "since 2021-03-16T00:00:00; waiting for 5 days of labelled trips after it" in waited.reason
+    assert "(have 3.0)" in waited.reason
+    assert "have 2.0" in decide(_signals("ok", "degraded", "degraded")).reason  # default: 3 days
+    decision = decide(_signals("ok", "degraded", "degraded", "degraded"))
     assert decision.kind == "retrain" and decision.trigger == "degraded"
     assert "live RMSE 7.400 is confirmed worse than the validation RMSE 6.000" in decision.reason
-    assert decision.holdout_window == ("2021-03-12T00:00:00", "2021-03-19T00:00:00")
-    assert decision.train_window == ("2021-02-10T00:00:00", "2021-03-12T00:00:00")
+    assert decision.holdout_window == ("2021-03-18T00:00:00", "2021-03-19T00:00:00")
+    assert decision.train_window == ("2021-02-16T00:00:00", "2021-03-18T00:00:00")
+    assert decision.details == {"change_start": "2021-03-16T00:00:00"}  # training holds 2 days of it
 
 
 def test_drift_must_persist() -> None:
-    held = decide(_signals("ok", "drift", "drift"))
-    assert held.kind == "no_retrain" and "2 of the newest 3 windows drifted" in held.reason
-    assert decide(_signals("drift", "drift", "drift")).trigger == "drift"
+    held = decide(_signals("ok", "drift", "drift", "degraded"))
+    assert held.kind == "no_retrain" and "3 window(s) in a row drifted (retrain at 4)" in held.reason
+    assert decide(_signals("drift", "drift", "drift", "drift")).trigger == "drift"
 
 
 def test_an_old_champion_retrains_only_with_new_labels() -> None:
@@ -50,17 +67,17 @@ def test_an_old_champion_retrains_only_with_new_labels() -> None:
 
 
 def test_one_at_a_time_and_a_cooldown_but_a_request_skips_the_cooldown() -> None:
-    running = decide(_signals("degraded", retrain_running="run 7"))
+    running = decide(_signals("degraded", "degraded", retrain_running="run 7"))
     assert running.kind == "no_retrain" and "already running (run 7)" in running.reason
     recent = {"last_retrain_at": NOW - timedelta(hours=12)}
-    cooling = decide(_signals("degraded", **recent))
+    cooling = decide(_signals("degraded", "degraded", **recent))
     assert cooling.kind == "no_retrain" and "cooling down until 2021-03-21T12:00:00" in cooling.reason
     asked = decide(_signals("ok", **recent, requested="taxi-mlops autopilot --retrain-now"))
     assert asked.kind == "retrain" and asked.trigger == "requested"
 
 
 def test_nothing_to_train_on_is_said() -> None:
-    decision = decide(_signals("degraded", labelled_until=None))
+    decision = decide(_signals("degraded", "degraded", labelled_until=None))
     assert decision.kind == "no_retrain" and "no labelled trips have landed" in decision.reason
 
 
@@ -77,6 +94,17 @@ def test_ok_says_why_not_and_the_document_has_the_contract_fields() -> None:
 def test_a_policy_that_cannot_work_is_refused(field: str) -> None:
     with pytest.raises(RetrainingPolicyError):
         RetrainingPolicy(**{field: 0})
+    with pytest.raises(RetrainingPolicyError, match="held-out days must come after the change"):
+        RetrainingPolicy(holdout_days=2, min_post_change_days=1)
+
+
+def test_overrides_are_typed_and_named() -> None:
+    policy = RetrainingPolicy().with_overrides({"drift_windows": "6", "holdout_days": "2"})
+    assert (policy.drift_windows, policy.holdout_days) == (6, 2.0)
+    with pytest.raises(RetrainingPolicyError, match="'drift_window' is not a retraining policy field"):
+        RetrainingPolicy().with_overrides({"drift_window": "6"})
+    with pytest.raises(RetrainingPolicyError, match="drift_windows: 'six' is not an int"):
+        RetrainingPolicy().with_overrides({"drift_windows": "six"})
 
 
 def test_what_wakes_the_loop() -> None:

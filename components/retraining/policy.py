@@ -18,6 +18,13 @@ Triggers, strongest first:
    time) and at least ``min_new_labelled`` labelled trips have landed since: the schedule a
    team would keep anyway, but only when there is something new to learn from.
 
+A change (decay or drift) is dated by the start of the first window of its run of verdicts.
+Retraining the moment it is confirmed would train on data from before it and validate on a
+day or less of the new normal, so a challenger would learn nothing of the change and be
+judged on too little of it: the decision waits (saying so) until ``min_post_change_days`` of
+labelled trips after the change exist, then holds out the newest ``holdout_days`` of them and
+trains on the ``train_days`` before -- which then include the change's first days.
+
 An alert (Alertmanager -> our receiver) does not retrain by itself: it wakes the loop, which
 decides from the verdicts the alert was raised on -- so an alert firing every minute still
 starts at most one retraining (``retrain_running``, then ``cooldown_days``).
@@ -26,7 +33,7 @@ starts at most one retraining (``retrain_running``, then ``cooldown_days``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -39,15 +46,19 @@ class RetrainingPolicyError(TaxiMlopsError, ValueError):
 
 @dataclass(frozen=True)
 class RetrainingPolicy:
-    degraded_windows: int = 1
-    drift_windows: int = 3
+    #: Consecutive degraded verdicts that confirm a decay (one bad day can be a storm).
+    degraded_windows: int = 2
+    #: Consecutive drifted verdicts that make a drift a new normal (a long weekend is three).
+    drift_windows: int = 4
     max_model_age_days: float = 35.0
     min_new_labelled: int = 5_000
     #: Event-time days after a retraining started before drift, decay or age may start another.
     cooldown_days: float = 2.0
     #: The windows a retraining trains and validates on, ending at the newest labelled trip.
     train_days: float = 30.0
-    holdout_days: float = 7.0
+    holdout_days: float = 1.0
+    #: Labelled days after a change's start a decay or drift retraining waits for.
+    min_post_change_days: float = 3.0
 
     def __post_init__(self) -> None:
         if self.degraded_windows < 1 or self.drift_windows < 1:
@@ -56,8 +67,34 @@ class RetrainingPolicy:
             raise RetrainingPolicyError("max_model_age_days must be positive and cooldown_days not negative")
         if self.train_days <= 0 or self.holdout_days <= 0:
             raise RetrainingPolicyError("train_days and holdout_days must be positive")
+        if self.min_post_change_days < self.holdout_days:
+            raise RetrainingPolicyError(
+                f"min_post_change_days ({self.min_post_change_days:g}) must be at least holdout_days "
+                f"({self.holdout_days:g}): the held-out days must come after the change"
+            )
         if self.min_new_labelled < 0:
             raise RetrainingPolicyError("min_new_labelled must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, str | float | int]) -> RetrainingPolicy:
+        """A copy with ``overrides`` (field name -> value, text as from the CLI's FIELD=VALUE)."""
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for name, value in overrides.items():
+            if name not in known:
+                raise RetrainingPolicyError(
+                    f"{name!r} is not a retraining policy field ({', '.join(sorted(known))})"
+                )
+            kind = int if isinstance(getattr(self, name), int) else float
+            try:
+                changes[name] = kind(value)
+            except (TypeError, ValueError):
+                raise RetrainingPolicyError(
+                    f"{name}: {value!r} is not a{'n int' if kind is int else ' number'}"
+                ) from None
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -107,7 +144,7 @@ def decide(signals: Signals, policy: RetrainingPolicy | None = None) -> RetrainD
 
     if signals.retrain_running:
         return no(f"a retraining is already running ({signals.retrain_running}); one at a time")
-    trigger, why = _trigger(signals, policy)
+    trigger, why, change_start = _trigger(signals, policy)
     if trigger is None:
         return no(why)
     if trigger != "requested" and signals.last_retrain_at is not None:
@@ -119,6 +156,13 @@ def decide(signals: Signals, policy: RetrainingPolicy | None = None) -> RetrainD
             )
     if signals.labelled_until is None:
         return no(f"{why}, but no labelled trips have landed to train on")
+    if change_start is not None:
+        after = (signals.labelled_until - change_start).total_seconds() / 86_400
+        if after < policy.min_post_change_days:
+            return no(
+                f"{why}, since {change_start.isoformat()}; waiting for {policy.min_post_change_days:g} days "
+                f"of labelled trips after it to learn from and validate on (have {max(after, 0):.1f})"
+            )
     holdout_start = signals.labelled_until - timedelta(days=policy.holdout_days)
     train_start = holdout_start - timedelta(days=policy.train_days)
     return RetrainDecision(
@@ -129,40 +173,71 @@ def decide(signals: Signals, policy: RetrainingPolicy | None = None) -> RetrainD
         now,
         train_window=(train_start.isoformat(), holdout_start.isoformat()),
         holdout_window=(holdout_start.isoformat(), signals.labelled_until.isoformat()),
+        details={"change_start": change_start.isoformat()} if change_start is not None else {},
     )
 
 
-def _trigger(signals: Signals, policy: RetrainingPolicy) -> tuple[str | None, str]:
+def _trigger(signals: Signals, policy: RetrainingPolicy) -> tuple[str | None, str, datetime | None]:
+    """The strongest trigger that holds, why, and when its change began (decay and drift only)."""
     if signals.requested:
-        return "requested", f"requested ({signals.requested})"
+        return "requested", f"requested ({signals.requested})", None
     verdicts = [v.get("verdict") for v in signals.verdicts]
-    newest = verdicts[-policy.degraded_windows :]
-    if len(newest) == policy.degraded_windows and all(v == "degraded" for v in newest):
+    degraded = _trailing(verdicts, ("degraded",))
+    if degraded >= policy.degraded_windows:
         accuracy = signals.verdicts[-1].get("accuracy") or {}
         live, baseline = accuracy.get("rmse", float("nan")), accuracy.get("baseline_rmse", float("nan"))
-        return "degraded", (
+        return (
+            "degraded",
             f"live RMSE {live:.3f} is confirmed worse than the validation RMSE {baseline:.3f} "
-            f"in the newest {policy.degraded_windows} window(s)"
+            f"in the newest {degraded} window(s) (needs {policy.degraded_windows})",
+            _window_start(signals.verdicts[-degraded]),
         )
-    newest = verdicts[-policy.drift_windows :]
-    if len(newest) == policy.drift_windows and all(v in ("drift", "degraded") for v in newest):
-        return "drift", f"the inputs drifted in each of the newest {policy.drift_windows} windows"
+    drifted = _trailing(verdicts, ("drift", "degraded"))
+    if drifted >= policy.drift_windows:
+        return (
+            "drift",
+            f"the inputs drifted in each of the newest {drifted} windows (needs {policy.drift_windows})",
+            _window_start(signals.verdicts[-drifted]),
+        )
     if signals.champion_trained_until is not None:
         age = (signals.now - signals.champion_trained_until).total_seconds() / 86_400
         if age > policy.max_model_age_days:
             if signals.labelled_since_training >= policy.min_new_labelled:
-                return "age", (
+                return (
+                    "age",
                     f"the champion's training data ended {age:.1f} days ago "
                     f"(max {policy.max_model_age_days:g}) and {signals.labelled_since_training} "
-                    "labelled trips have landed since"
+                    "labelled trips have landed since",
+                    None,
                 )
-            return None, (
+            return (
+                None,
                 f"the champion is {age:.1f} days old but only {signals.labelled_since_training} "
-                f"labelled trips are new (needs {policy.min_new_labelled})"
+                f"labelled trips are new (needs {policy.min_new_labelled})",
+                None,
             )
-    drifted = sum(v in ("drift", "degraded") for v in newest)
     latest = verdicts[-1] if verdicts else "none yet"
-    return None, (
-        f"newest verdict {latest}; {drifted} of the newest {len(newest)} windows drifted "
-        f"(retrain at {policy.drift_windows} in a row), accuracy not confirmed worse"
+    return (
+        None,
+        f"newest verdict {latest}; {drifted} window(s) in a row drifted (retrain at {policy.drift_windows}), "
+        f"{degraded} in a row degraded (retrain at {policy.degraded_windows})",
+        None,
     )
+
+
+def _trailing(verdicts: Sequence[Any], kinds: tuple[str, ...]) -> int:
+    """How many of the newest verdicts in a row are one of ``kinds``."""
+    count = 0
+    for verdict in reversed(verdicts):
+        if verdict not in kinds:
+            break
+        count += 1
+    return count
+
+
+def _window_start(verdict: Mapping[str, Any]) -> datetime | None:
+    start = (verdict.get("window") or {}).get("start")
+    if not start:
+        return None
+    moment = datetime.fromisoformat(str(start))
+    return moment.replace(tzinfo=None) if moment.tzinfo else moment
