@@ -411,6 +411,7 @@ def test_an_empty_document_says_each_section_is_empty():
         assert "No monitor windows in the timeline" in text
         assert "No decisions in the timeline" in text
         assert "No decisions recorded: the loop has not checked anything yet." in text
+        assert "No RMSE yet: the timeline scores no labelled trips" in text
         assert "<h2>Alerts</h2>" not in page
 
 

@@ -461,6 +461,12 @@ def _headline_html(
     served = _number(scores.get("served_rmse"))
     never = _number(scores.get("never_retrain_rmse"))
     scheduled = _number(scores.get("scheduled_rmse"))
+    story = f'<p class="story">{_story(decisions, len(weekly))}</p>'
+    if not any(math.isfinite(v) for v in (served, never, scheduled)):
+        return (
+            f'<section class="card headline">{story}<p class="note">No RMSE yet: the timeline scores no '
+            "labelled trips, so the served model cannot be compared with the baselines.</p></section>"
+        )
     tiles = [
         (
             "served",
@@ -502,8 +508,7 @@ def _headline_html(
         else ""
     )
     return (
-        '<section class="card headline">'
-        f'<p class="story">{_story(decisions, len(weekly))}</p>'
+        f'<section class="card headline">{story}'
         f'<div class="tiles">{"".join(markup)}</div>'
         f'<table class="scores"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>{note}'
         "</section>"
