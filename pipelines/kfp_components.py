@@ -427,3 +427,57 @@ def canary_analysis(
     if outcome.mlflow_run_id:
         decision.metadata["mlflow_run_id"] = outcome.mlflow_run_id
     return outcome.action
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def retrain_decision(
+    tracking_uri: str,
+    model_name: str,
+    model_alias: str,
+    prediction_log_uri: str,
+    labels_uri: str,
+    monitor_uri: str,
+    retraining_policy: str,
+    requested: str,
+    decision: Output[Artifact],
+    train_start: dsl.OutputPath(str),
+    train_end: dsl.OutputPath(str),
+    holdout_start: dsl.OutputPath(str),
+    holdout_end: dsl.OutputPath(str),
+) -> str:
+    """The retraining policy's decision on the champion's verdicts, labels and age; recorded before acting.
+
+    Returns the kind (retrain | no_retrain), the output parameter the autopilot's ``dsl.If``
+    tests (``VERDICT_OUTPUT``: kfp.local resolves a condition only on "Output"). The windows a
+    retraining trains and validates on are four more output parameters (ISO 8601, empty for a
+    no_retrain), fed straight into the training graph's ``train_start`` .. ``val_end``; the whole
+    record travels as a JSON artifact (it holds nulls). ``retraining_policy``: a JSON object of
+    policy fields, e.g. ``{"degraded_windows": 3}``; ``requested``: why someone asked (empty: nobody).
+    """
+    from pipelines.steps.retrain_decision import DecisionRequest, retrain_decision_step
+
+    outcome = retrain_decision_step(
+        DecisionRequest(
+            tracking_uri=tracking_uri,
+            model_name=model_name,
+            model_alias=model_alias,
+            prediction_log=prediction_log_uri,
+            labels=labels_uri,
+            monitor=monitor_uri,
+            policy_overrides=retraining_policy,
+            requested=requested,
+            decision_path=decision.path,
+        )
+    )
+    for path, key in (
+        (train_start, "train_start"),
+        (train_end, "train_end"),
+        (holdout_start, "holdout_start"),
+        (holdout_end, "holdout_end"),
+    ):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(outcome.windows[key])
+    decision.metadata.update(
+        {"kind": outcome.kind, "model_version": outcome.record["model_version"], **outcome.windows}
+    )
+    return outcome.kind
