@@ -10,7 +10,8 @@
 - parameter defaults point at the in-cluster MLflow, the model store and the
   InferenceService ``taxi-duration``; the monitoring pipeline's at the prediction
   log, the labels and the verdicts in MinIO's ``monitoring`` bucket; the canary analysis
-  pipeline's defaults are the cluster's names already (``pipelines.canary_pipeline``).
+  pipeline's defaults are the cluster's names already (``pipelines.canary_pipeline``); the
+  autopilot's are the monitoring build's and the training build's together.
 
 The training build takes every parameter of the local one, the event-time windows
 (``train_start`` .. ``val_end``, ``allow_missing_months``) included: a recurring or
@@ -38,6 +39,7 @@ from components.names import (
     S3_ENDPOINT_URL,
     S3_SECRET,
 )
+from pipelines.autopilot_pipeline import AutopilotDefaults, build_autopilot_pipeline
 from pipelines.canary_pipeline import build_canary_pipeline
 from pipelines.monitoring_pipeline import MonitoringDefaults, build_monitoring_pipeline
 from pipelines.training_pipeline import PipelineDefaults, build_pipeline
@@ -82,11 +84,17 @@ def cluster_canary_pipeline() -> BaseComponent:
     return build_canary_pipeline(configure_for_cluster, PIPELINE_ROOT)
 
 
+def cluster_autopilot_pipeline() -> BaseComponent:
+    defaults = AutopilotDefaults(CLUSTER_MONITORING_DEFAULTS, CLUSTER_DEFAULTS)
+    return build_autopilot_pipeline(defaults, configure_for_cluster, PIPELINE_ROOT)
+
+
 #: The cluster builds by the name `--pipeline` takes.
 PIPELINES: dict[str, Callable[[], BaseComponent]] = {
     "training": cluster_pipeline,
     "monitoring": cluster_monitoring_pipeline,
     "canary": cluster_canary_pipeline,
+    "autopilot": cluster_autopilot_pipeline,
 }
 
 
