@@ -216,12 +216,13 @@ def run(
 def _pipeline_option(command: Any) -> Any:
     return click.option(
         "--pipeline",
-        type=click.Choice(["training", "monitoring", "canary"]),
+        type=click.Choice(["training", "monitoring", "canary", "autopilot"]),
         default="training",
         show_default=True,
         help="training: ingest -> train -> gate -> register -> deploy; monitoring: judge a window "
         "of the prediction log and store the verdict; canary: one analysis of the InferenceService's "
-        "canary, which steps it up, promotes or rolls it back (run it on a --schedule).",
+        "canary, which steps it up, promotes or rolls it back (run it on a --schedule); autopilot: "
+        "monitor, let the retraining policy decide, and on 'retrain' run training on its windows.",
     )(command)
 
 
@@ -255,6 +256,10 @@ def compile_command(output: Path | None, pipeline: str, cluster: bool) -> None:
         from pipelines.canary_pipeline import compile_canary_pipeline
 
         compile_canary_pipeline(str(output))
+    elif pipeline == "autopilot":
+        from pipelines.autopilot_pipeline import compile_autopilot_pipeline
+
+        compile_autopilot_pipeline(str(output))
     else:
         from pipelines.training_pipeline import compile_pipeline
 
@@ -363,6 +368,8 @@ def submit(
             parse_policy(policy_overrides)  # a bad field or value is refused here, not in the cluster
             fields = dict(override.split("=", 1) for override in policy_overrides)
             arguments["policy_overrides"] = json.dumps({k.strip(): v.strip() for k, v in fields.items()})
+    elif pipeline == "autopilot":
+        pass  # its cluster defaults; policy and data source are run parameters (docs/autopilot-cluster.md)
     else:
         from components.data.event_window import plan_training_data
         from pipelines.local_run import window_arguments
