@@ -25,7 +25,9 @@ from components.names import (
     SERVED_MODEL_NAME,
 )
 from components.storage.atomic_write import write_atomically
+from pipelines.cli_autopilot import autopilot
 from pipelines.cli_canary import canary, canary_policy_option, decision_lines, local_judge, parse_policy
+from pipelines.cli_options import parse_candidates
 from pipelines.cli_options import state_dir_option as _state_dir_option
 from pipelines.settings import Settings
 
@@ -932,33 +934,6 @@ def serve(
             judge.stop()
 
 
-def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
-    """``"ridge,xgboost"`` + ``("xgboost.n_estimators=300",)`` -> the pipeline's candidates parameter."""
-    from components.models.candidates import candidate_spec, resolve_params
-
-    chosen = [name.strip() for name in names.split(",") if name.strip()]
-    if not chosen:
-        raise click.BadParameter("name at least one candidate", param_hint="--candidates")
-    for name in chosen:
-        candidate_spec(name)
-    params: dict[str, dict[str, Any]] = {name: {} for name in chosen}
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        model, dot, param = key.partition(".")
-        if not (sep and dot and model and param):
-            raise click.BadParameter(f"{override!r} is not MODEL.NAME=VALUE", param_hint="--param")
-        if model not in params:
-            raise click.BadParameter(f"{model!r} is not among --candidates {names!r}", param_hint="--param")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # a bare word such as reg:squarederror is a string
-        params[model][param] = value
-    for name, overrides_for_model in params.items():
-        resolve_params(name, overrides_for_model)  # rejects unknown hyperparameter names now
-    return [{"name": name, "params": params[name]} for name in chosen]
-
-
 def render_summary(summary: dict[str, Any]) -> str:
     """The final table: candidates by RMSE, the gate's verdict, what was registered."""
     lines = ["", f"{'candidate':<24}{'RMSE':>9}{'MAE':>9}{'train s':>10}"]
@@ -1061,6 +1036,7 @@ def observe(
 
 
 main.add_command(canary)
+main.add_command(autopilot)
 
 if __name__ == "__main__":
     main()

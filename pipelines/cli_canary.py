@@ -32,7 +32,7 @@ def canary_policy_option(command: Any) -> Any:
     )(command)
 
 
-def parse_policy(overrides: Sequence[str]) -> CanaryPolicy:
+def parse_policy(overrides: Sequence[str], base: CanaryPolicy | None = None) -> CanaryPolicy:
     """The default policy with ``FIELD=VALUE`` overrides; a bad one is a usage error naming it."""
     pairs: dict[str, str] = {}
     for override in overrides:
@@ -41,7 +41,7 @@ def parse_policy(overrides: Sequence[str]) -> CanaryPolicy:
             raise click.BadParameter(f"{override!r} is not FIELD=VALUE", param_hint="--canary-policy")
         pairs[name.strip()] = value.strip()
     try:
-        return CanaryPolicy().with_overrides(pairs)
+        return (base or CanaryPolicy()).with_overrides(pairs)
     except TaxiMlopsError as exc:
         raise click.BadParameter(str(exc), param_hint="--canary-policy") from exc
 

@@ -163,7 +163,9 @@ def decide(signals: Signals, policy: RetrainingPolicy | None = None) -> RetrainD
                 f"{why}, since {change_start.isoformat()}; waiting for {policy.min_post_change_days:g} days "
                 f"of labelled trips after it to learn from and validate on (have {max(after, 0):.1f})"
             )
-    holdout_start = signals.labelled_until - timedelta(days=policy.holdout_days)
+    # Whole hours: windows a person can read and paste back as --train-window.
+    until = signals.labelled_until.replace(minute=0, second=0, microsecond=0)
+    holdout_start = until - timedelta(days=policy.holdout_days)
     train_start = holdout_start - timedelta(days=policy.train_days)
     return RetrainDecision(
         "retrain",
@@ -172,7 +174,7 @@ def decide(signals: Signals, policy: RetrainingPolicy | None = None) -> RetrainD
         signals.champion_version,
         now,
         train_window=(train_start.isoformat(), holdout_start.isoformat()),
-        holdout_window=(holdout_start.isoformat(), signals.labelled_until.isoformat()),
+        holdout_window=(holdout_start.isoformat(), until.isoformat()),
         details={"change_start": change_start.isoformat()} if change_start is not None else {},
     )
 

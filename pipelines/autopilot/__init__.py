@@ -1,0 +1,1 @@
+"""The closed loop: the autopilot that retrains on evidence, and its replay through real months."""

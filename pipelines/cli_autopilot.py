@@ -1,0 +1,194 @@
+"""``taxi-mlops autopilot``: the retraining loop in the foreground, or its replay through real months."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from components.errors import TaxiMlopsError
+from components.retraining.policy import RetrainingPolicy
+from pipelines.cli_canary import canary_policy_option, parse_policy
+from pipelines.cli_options import parse_candidates, state_dir_option
+from pipelines.settings import Settings
+
+
+def _policy(overrides: Sequence[str]) -> RetrainingPolicy:
+    pairs = {}
+    for override in overrides:
+        name, sep, value = override.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{override!r} is not FIELD=VALUE", param_hint="--policy")
+        pairs[name.strip()] = value.strip()
+    try:
+        return RetrainingPolicy().with_overrides(pairs)
+    except TaxiMlopsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--policy") from exc
+
+
+@click.command()
+@click.option(
+    "--replay",
+    "replay_range",
+    metavar="FIRST:LAST",
+    help="Replay these months (YYYY-MM:YYYY-MM) from nothing: train on the first the folder holds, serve "
+    "the rest as live traffic in accelerated event time, and let the loop act.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Folder of TLC parquet files: the replay's months, and the live loop's data source.",
+)
+@click.option("--color", type=click.Choice(["green", "yellow"]), default="green", show_default=True)
+@click.option(
+    "--timeline-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the timeline JSON here."
+)
+@click.option(
+    "--html-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the timeline page here."
+)
+@click.option(
+    "--label-delay-hours",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Event hours between a trip's end and its label landing.",
+)
+@click.option(
+    "--tick-hours",
+    type=click.FloatRange(min=0.25),
+    default=6.0,
+    show_default=True,
+    help="Event hours of traffic between two looks of the loop.",
+)
+@click.option(
+    "--monitor-hours",
+    type=click.FloatRange(min=1),
+    default=24.0,
+    show_default=True,
+    help="Event hours between monitor runs, and the labelled window each judges.",
+)
+@click.option("--rate", type=click.FloatRange(min=1), default=400.0, show_default=True, help="Requests/s.")
+@click.option(
+    "--candidates",
+    "candidate_names",
+    help="Comma-separated candidate models for every training (default: the pipeline's).",
+)
+@click.option(
+    "--policy",
+    "retraining_overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Retraining policy override, e.g. --policy drift_windows=5 (see components/retraining/policy.py).",
+)
+@canary_policy_option
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the replay keeps its registry, deployment and timeline (default: a new folder under the "
+    "state dir's autopilot-replays/).",
+)
+@state_dir_option
+def autopilot(
+    replay_range: str | None,
+    data_dir: Path | None,
+    color: str,
+    timeline_out: Path | None,
+    html_out: Path | None,
+    label_delay_hours: float,
+    tick_hours: float,
+    monitor_hours: float,
+    rate: float,
+    candidate_names: str | None,
+    retraining_overrides: tuple[str, ...],
+    policy_overrides: tuple[str, ...],
+    workspace: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """The closed loop: monitor verdicts, alerts and new months wake it; it retrains when the
+    retraining policy says so, and the canary judge promotes or rolls back what passed the gate.
+    Every decision is recorded with its reason (``<state>/autopilot/timeline.jsonl``)."""
+    policy = _policy(retraining_overrides)
+    from pipelines.autopilot.replay import REPLAY_CANARY_POLICY
+
+    canary_policy = parse_policy(policy_overrides, REPLAY_CANARY_POLICY)
+    candidates = None
+    if candidate_names:
+        candidates = parse_candidates(candidate_names, ())
+    if replay_range is None:
+        raise click.UsageError("give --replay FIRST:LAST (the live loop: see `taxi-mlops autopilot --help`)")
+    if data_dir is None:
+        raise click.UsageError("--replay needs --data-dir: the folder holding the months to replay")
+    _replay(
+        replay_range,
+        data_dir,
+        color,
+        timeline_out,
+        html_out,
+        timedelta(hours=label_delay_hours),
+        timedelta(hours=tick_hours),
+        timedelta(hours=monitor_hours),
+        rate,
+        candidates,
+        policy,
+        canary_policy,
+        workspace,
+        state_dir,
+    )
+
+
+def _replay(
+    replay_range: str,
+    data_dir: Path,
+    color: str,
+    timeline_out: Path | None,
+    html_out: Path | None,
+    label_delay: timedelta,
+    tick: timedelta,
+    monitor: timedelta,
+    rate: float,
+    candidates: list[dict[str, Any]] | None,
+    policy: RetrainingPolicy,
+    canary_policy: Any,
+    workspace: Path | None,
+    state_dir: Path | None,
+) -> None:
+    import dataclasses
+
+    from components.retraining.report import render_timeline_report
+    from components.storage.atomic_write import write_atomically
+    from pipelines.autopilot.replay import ReplayPlan, run_replay, timeline_lines, write_timeline
+
+    plan = ReplayPlan(
+        months=ReplayPlan.month_range(replay_range),
+        data_dir=data_dir.resolve(),
+        color=color,
+        label_delay=label_delay,
+        tick=tick,
+        monitor_every=monitor,
+        monitor_window=monitor,
+        rate=rate,
+        candidates=candidates,
+        policy=policy,
+        canary_policy=canary_policy,
+    )
+    base = Settings.from_env(state_dir=state_dir)
+    folder = (workspace or base.state_dir / "autopilot-replays" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    # Its own registry and deployment: a replay starts from nothing and touches nothing else.
+    settings = dataclasses.replace(base, state_dir=folder, tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    click.echo(f"workspace: {folder}")
+    document = run_replay(plan, settings, progress=click.echo)
+    for line in timeline_lines(document):
+        click.echo(line)
+    timeline_path = timeline_out or folder / "timeline.json"
+    write_timeline(document, timeline_path)
+    page = html_out or folder / "timeline.html"
+    write_atomically(page, render_timeline_report(document))
+    click.echo(f"timeline JSON: {timeline_path}")
+    click.echo(f"timeline page: {page}")
+    if document.get("summary"):
+        click.echo(json.dumps({k: v for k, v in document["summary"].items() if k.endswith("_rmse")}))
