@@ -60,6 +60,7 @@ STEP_MODULES = [
     "ingest",
     "monitor",
     "register",
+    "retrain_decision",
     "tracking_run",
     "train",
     "vectorize",
