@@ -77,7 +77,8 @@ def _verdicts(settings: Settings, *kinds: str, version: str = "1") -> None:
         save_verdict(settings.monitor_dir, {
             "model_version": version, "verdict": kind,
             "window": {"start": f"{start.isoformat()}+00:00", "end": f"{end.isoformat()}+00:00"},
-            "accuracy": {"rmse": 7.0, "baseline_rmse": 6.0},
+            "accuracy": {"rmse": 7.0, "baseline_rmse": 6.0, "degraded": kind == "degraded"},
+            "segments": {"degraded": kind == "degraded", "statistic": 0.1, "threshold": 0.07},
         })  # fmt: skip
 
 

@@ -45,7 +45,7 @@ def _decision(now: str = "2021-03-20T00:00:00") -> dict:
     signals = Signals(
         now=datetime.fromisoformat(now),
         champion_version="1",
-        verdicts=[{"verdict": "degraded", "accuracy": {"rmse": 9.0, "baseline_rmse": 7.0}}],
+        verdicts=[{"verdict": "degraded", "segments": {"degraded": True}, "accuracy": {"rmse": 9.0}}],
         labelled_until=datetime(2021, 3, 20),
         labelled_since_training=4000,
     )

@@ -18,7 +18,14 @@ def _verdict(kind: str, day: int) -> dict:
         "start": f"{start.isoformat()}+00:00",
         "end": f"{(start + timedelta(days=1)).isoformat()}+00:00",
     }
-    return {"verdict": kind, "window": window, "accuracy": {"rmse": 7.4, "baseline_rmse": 6.0}}
+    return {
+        "verdict": "degraded" if kind == "uniform" else kind,
+        "window": window,
+        "drift": {"detected": kind == "drift"},
+        "accuracy": {"rmse": 7.4, "baseline_rmse": 6.0, "degraded": kind in ("degraded", "uniform")},
+        "segments": {"degraded": kind == "degraded", "statistic": 0.11, "threshold": 0.07,
+                     "moved": [{"zone": 74, "slower_by": 0.25}]},
+    }  # fmt: skip
 
 
 def _signals(*kinds: str, **changes) -> Signals:
@@ -36,7 +43,7 @@ def _signals(*kinds: str, **changes) -> Signals:
 
 def test_confirmed_decay_waits_for_days_after_the_change_then_trains_across_it() -> None:
     one = decide(_signals("ok", "degraded"))
-    assert one.kind == "no_retrain" and "1 in a row degraded (retrain at 2)" in one.reason
+    assert one.kind == "no_retrain" and "1 in a row with errors moved by zone (retrain at 2)" in one.reason
     # Three degraded daily windows: the change began 2021-03-16, labels reach 03-19 -- 3 days.
     waited = decide(
         _signals("ok", "degraded", "degraded", "degraded"), RetrainingPolicy(min_post_change_days=5)
@@ -47,16 +54,27 @@ def test_confirmed_decay_waits_for_days_after_the_change_then_trains_across_it()
     assert "have 2.0" in decide(_signals("ok", "degraded", "degraded")).reason  # default: 3 days
     decision = decide(_signals("ok", "degraded", "degraded", "degraded"))
     assert decision.kind == "retrain" and decision.trigger == "degraded"
-    assert "live RMSE 7.400 is confirmed worse than the validation RMSE 6.000" in decision.reason
+    assert "live errors moved by pickup zone in the newest 3 window(s) (needs 2)" in decision.reason
+    assert "statistic 0.110 over 0.07, most in zones 74 (+25%); live RMSE 7.400 vs validation 6.000" in (
+        decision.reason
+    )
     assert decision.holdout_window == ("2021-03-18T00:00:00", "2021-03-19T00:00:00")
     assert decision.train_window == ("2021-02-16T00:00:00", "2021-03-18T00:00:00")
     assert decision.details == {"change_start": "2021-03-16T00:00:00"}  # training holds 2 days of it
 
 
 def test_drift_must_persist() -> None:
-    held = decide(_signals("ok", "drift", "drift", "degraded"))
-    assert held.kind == "no_retrain" and "3 window(s) in a row drifted (retrain at 4)" in held.reason
+    held = decide(_signals("ok", "drift", "drift", "drift"))
+    assert held.kind == "no_retrain" and "3 window(s) in a row with input drift (retrain at 4)" in held.reason
     assert decide(_signals("drift", "drift", "drift", "drift")).trigger == "drift"
+
+
+def test_worse_alike_in_every_zone_is_weather_not_a_reason_to_retrain() -> None:
+    decision = decide(_signals("uniform", "uniform", "uniform", "uniform", "uniform"))
+    assert decision.kind == "no_retrain"
+    assert (
+        "live RMSE 7.400 is above the validation RMSE 6.000 but alike in every pickup zone" in decision.reason
+    )
 
 
 def test_an_old_champion_retrains_only_with_new_labels() -> None:

@@ -7,10 +7,13 @@ This document is the contract the canary judge and the retraining policy read:
      "drift": {"detected", "verdict", "window_trips", "features": {NAME: {"statistic", "threshold",
                "effect", "min_effect", "drifted"}}},
      "accuracy": {"rmse", "mae", "rmse_ci", "baseline_rmse", "degraded", "label_coverage", "labelled",
-                  "verdict"}}
+                  "verdict"},
+     "segments": {"statistic", "threshold", "degraded", "moved": [{"zone", "trips", "slower_by", ...}],
+                  "verdict", ...}}
 
-``degraded`` outranks ``drift``: a model that is confirmed worse needs action whatever
-moved. ``insufficient_data`` only when neither part could judge.
+``degraded`` (the window's RMSE confirmed worse than the validation RMSE, or the errors moved
+in some zones: ``components.monitoring.segments``) outranks ``drift``: a model that is
+confirmed worse needs action whatever moved. ``insufficient_data`` only when no part could judge.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from components.features.trip_features import TARGET_COLUMN
 from components.monitoring.accuracy import AccuracyPolicy, live_accuracy
 from components.monitoring.drift import DriftPolicy, detect_drift
 from components.monitoring.reference_profile import ReferenceProfile
+from components.monitoring.segments import SegmentPolicy, segment_errors
 
 
 @dataclass(frozen=True)
 class MonitorPolicy:
     drift: DriftPolicy = field(default_factory=DriftPolicy)
     accuracy: AccuracyPolicy = field(default_factory=AccuracyPolicy)
+    segments: SegmentPolicy = field(default_factory=SegmentPolicy)
 
 
 def monitor_window(
@@ -49,10 +54,12 @@ def monitor_window(
         labelled = window[TARGET_COLUMN].notna().to_numpy()
         actual = window.loc[labelled, TARGET_COLUMN].to_numpy(dtype=np.float64)
         predicted = window.loc[labelled, "prediction"].to_numpy(dtype=np.float64)
+        zones = window.loc[labelled, "PULocationID"].to_numpy()
     else:
-        actual = predicted = np.empty(0)
+        actual = predicted = zones = np.empty(0)
     accuracy = live_accuracy(actual, predicted, profile.scores.rmse, len(window), policy.accuracy)
-    if accuracy.degraded:
+    segments = segment_errors(actual, predicted, zones, policy.segments)
+    if accuracy.degraded or segments.degraded:
         verdict = "degraded"
     elif drift.detected:
         verdict = "drift"
@@ -66,4 +73,5 @@ def monitor_window(
         "verdict": verdict,
         "drift": drift.to_dict(),
         "accuracy": accuracy.to_dict(),
+        "segments": segments.to_dict(),
     }

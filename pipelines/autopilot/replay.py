@@ -51,12 +51,12 @@ from components.retraining.triggers import Wake
 from components.storage.atomic_write import write_atomically
 from pipelines.autopilot.baselines import fit_baseline, month_recipe
 from pipelines.autopilot.loop import Autopilot
+from pipelines.autopilot.serve_process import ServeProcess
 from pipelines.local_run import RunRequest, run_pipeline_locally
 from pipelines.settings import Settings
 from pipelines.steps.monitor import MonitorRequest, WindowChoice, monitor_step
 from serving.canary_judge import JudgeFolders, LocalRollout, SplitterOps, judge_once, local_scorer
 from serving.deployment_state import load_state
-from serving.local_stack import LocalStack
 from serving.replay import replay_trips
 from serving.rollout import RolloutTarget
 
@@ -170,12 +170,7 @@ def run_replay(
         settings.tracking_uri,
         settings.model_name,
     )
-    with LocalStack(
-        settings.deployment_state_path,
-        port=0,
-        log_dir=settings.state_dir / "deployment" / "logs",
-        progress=lambda line: None,
-    ) as stack:
+    with ServeProcess(settings) as stack:
         judge = _Judge(target, stack.url, settings, plan.canary_policy)
         clock = _Clock(now=recipe.holdout.end)
         labels = _Labels(settings, plan.color)
@@ -221,7 +216,7 @@ def _month_traffic(
 def _replay_month(
     plan: ReplayPlan,
     settings: Settings,
-    stack: LocalStack,
+    stack: ServeProcess,
     judge: _Judge,
     loop: Autopilot,
     clock: _Clock,
@@ -246,7 +241,7 @@ def _replay_month(
         before = _deployed(settings)
         loop.step(clock.now, wakes)
         if _deployed(settings) != before:
-            stack.reconcile(timeout=300)  # a canary came or went: traffic waits for its predictor
+            stack.wait_routed()  # a canary came or went: traffic waits for its predictor
 
 
 class _Labels:
