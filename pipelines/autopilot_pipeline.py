@@ -17,8 +17,10 @@ deduplication "one retraining at a time": a run, and so its retraining, never ov
 run, and an alert firing every minute cannot start anything here. The cooldown and "the same log
 decided once" live in the decision log (``<monitor>/autopilot/decisions.jsonl``).
 
-Nothing here talks to the KFP API: the retraining runs inside this run, so the pipeline's
-ServiceAccount needs no more than training and monitoring already have (manifests/base/rbac).
+Nothing here talks to the KFP API: the retraining runs inside this run. The decision reads the
+InferenceService once (a live canary counts as a retraining still running), a ``get`` that the
+deploy step's Role already grants, so the pipeline's ServiceAccount needs no more than training
+and monitoring already have (manifests/base/rbac).
 """
 
 # No "from __future__ import annotations" here: KFP reads the real annotation objects.
@@ -128,6 +130,9 @@ def build_autopilot_pipeline(
             monitor_uri=monitor_uri,
             retraining_policy=retraining_policy,
             requested=requested,
+            inference_service=inference_service,
+            inference_namespace=inference_namespace,
+            deployment_state_path=deployment_state_path,
         ).set_display_name("retrain-decision")
         # It reads the verdict the monitor task has just stored: after it, not beside it.
         decided.after(judged)

@@ -439,6 +439,9 @@ def retrain_decision(
     monitor_uri: str,
     retraining_policy: str,
     requested: str,
+    inference_service: str,
+    inference_namespace: str,
+    deployment_state_path: str,
     decision: Output[Artifact],
     train_start: dsl.OutputPath(str),
     train_end: dsl.OutputPath(str),
@@ -453,6 +456,8 @@ def retrain_decision(
     no_retrain), fed straight into the training graph's ``train_start`` .. ``val_end``; the whole
     record travels as a JSON artifact (it holds nulls). ``retraining_policy``: a JSON object of
     policy fields, e.g. ``{"degraded_windows": 3}``; ``requested``: why someone asked (empty: nobody).
+    A canary live on ``inference_service`` (else in ``deployment_state_path``) counts as a
+    retraining still running: nothing new starts while the judge has one to finish.
     """
     from pipelines.steps.retrain_decision import DecisionRequest, retrain_decision_step
 
@@ -466,6 +471,9 @@ def retrain_decision(
             monitor=monitor_uri,
             policy_overrides=retraining_policy,
             requested=requested,
+            inference_service=inference_service,
+            inference_namespace=inference_namespace,
+            deployment_state_path=deployment_state_path,
             decision_path=decision.path,
         )
     )

@@ -7,8 +7,10 @@
 - The compiled graph, local and cluster builds: the wiring from the decision's outputs into the
   training sub-pipeline's window parameters.
 - What the pipeline's pods may do: the autopilot runs only the training and monitoring steps plus the
-  decision, which talks to MLflow and S3 and never to the Kubernetes or KFP API, so the deployer Role
-  (get/create/patch of InferenceServices) stays all it needs.
+  decision, which talks to MLflow and S3, reads the InferenceService once (a live canary counts as a
+  retraining running) and never calls the KFP API, so the deployer Role (get/create/patch of
+  InferenceServices) stays all it needs. The Kubernetes API is faked by tests/test_cluster_rollout.py's
+  recording server (no cluster here), driven by the real rollout verbs.
 - kfp.local runs (``SubprocessRunner(use_venv=False)``): a calm log -> no_retrain, branch skipped;
   a decayed log -> the monitor says degraded, the decision says retrain, the training pipeline runs on
   the decision's windows (e2e).
@@ -31,6 +33,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from support.monitoring_state import Registered, log_frame, registered_ridge, write_segment
+from test_cluster_rollout import ISVC, MODEL_NAME, _revision, fake_kube, target, tracking_uri  # noqa: F401
 from test_submit import FakeKfp, _check_cluster_spec, _routes, fake_kfp  # noqa: F401 - the fixture
 
 from components.features.trip_features import TARGET_COLUMN
@@ -76,11 +79,22 @@ def _world(registered: Registered, root: Path, trips: int = LOG_TRIPS) -> dict[s
 
 
 def _verdict(registered: Registered, kind: str, start: str, end: str, version: str = "") -> dict:
+    """A stored verdict with the monitor's parts (components/monitoring/monitor.py): a ``degraded`` one
+    is worse overall and in some pickup zones (the congestion a retrained model can learn)."""
+    degraded = kind == "degraded"
     return {
         "verdict": kind,
         "model_version": version or registered.version,
         "window": {"start": start, "end": end},
-        "accuracy": {"rmse": 9.0 if kind == "degraded" else 6.0, "baseline_rmse": 6.0},
+        "drift": {"detected": kind == "drift"},
+        "accuracy": {"rmse": 9.0 if degraded else 6.0, "baseline_rmse": 6.0, "degraded": degraded},
+        "segments": {
+            "degraded": degraded,
+            "statistic": 0.12 if degraded else 0.03,
+            "threshold": 0.07,
+            "moved": [{"zone": 74, "trips": 120, "slower_by": 0.25}] if degraded else [],
+            "verdict": "degraded" if degraded else "ok",
+        },
     }
 
 
@@ -137,7 +151,7 @@ def test_two_degraded_windows_retrain_on_the_newest_labelled_days(registered: Re
     assert (bounds[1] - bounds[0], bounds[2] - bounds[1]) == (timedelta(days=30), timedelta(days=1))
     assert NEWEST - timedelta(hours=1) < bounds[2] <= NEWEST
     assert record["trigger"] == "degraded" and record["event_time"] == NEWEST.isoformat()
-    assert record["reason"].startswith("retraining: live RMSE 9.000 is confirmed worse")
+    assert record["reason"].startswith("retraining: ")
     assert record["details"] == {"change_start": "2021-03-14T00:00:00"}
     assert record["signals"]["labelled_until"] == NEWEST.isoformat()
     assert record["signals"]["labelled_since_training"] == LOG_TRIPS  # no lineage: every label is new
@@ -160,11 +174,10 @@ def test_calm_verdicts_do_not_retrain_and_say_why(registered: Registered, tmp_pa
     assert outcome.kind == "no_retrain"
     assert outcome.windows == dict.fromkeys(("train_start", "train_end", "holdout_start", "holdout_end"), "")
     (record,) = _decisions(where)
-    assert record["reason"] == (
-        "not retraining: newest verdict drift; 1 window(s) in a row drifted (retrain at 4), "
-        "0 in a row degraded (retrain at 2)"
-    )
+    assert record["reason"].startswith("not retraining: newest verdict drift")
     assert record["train_window"] is None and record["trigger"] is None
+    # Only the champion's windows were counted.
+    assert [v["verdict"] for v in record["signals"]["verdicts"]] == ["ok", "drift"]
 
 
 def test_the_cooldown_holds_across_two_runs_through_the_decision_log(registered: Registered, tmp_path: Path):
@@ -217,8 +230,10 @@ def test_a_window_judged_twice_counts_once(registered: Registered, tmp_path: Pat
     first, _ = _two_degraded_days(registered)
     _history(where, first, {**first, "evaluated_at": "later"})  # a monitor re-run over the same window
     outcome = _decide(registered, where)
-    assert outcome.kind == "no_retrain"
-    assert "1 in a row degraded (retrain at 2)" in outcome.record["reason"]
+    assert outcome.kind == "no_retrain"  # two degraded windows are needed, there is one
+    assert outcome.record["signals"]["verdicts"] == [
+        {"verdict": "degraded", "start": first["window"]["start"], "end": first["window"]["end"]}
+    ]
 
 
 def test_overlapping_windows_of_an_hourly_schedule_count_as_one(registered: Registered, tmp_path: Path):
@@ -231,8 +246,7 @@ def test_overlapping_windows_of_an_hourly_schedule_count_as_one(registered: Regi
     ]
     _history(where, *hourly)
     outcome = _decide(registered, where)
-    assert outcome.kind == "no_retrain"
-    assert "1 in a row degraded (retrain at 2)" in outcome.record["reason"]
+    assert outcome.kind == "no_retrain"  # two degraded windows are needed, there is one
     assert [v["end"] for v in outcome.record["signals"]["verdicts"]] == [ends[-1].isoformat()]
 
 
@@ -355,6 +369,52 @@ def test_on_s3_the_decision_log_is_read_appended_and_uploaded(
     assert "was already decided at event time" in second.record["reason"]
 
 
+def test_a_live_canary_on_the_inference_service_counts_as_a_retraining_running(
+    registered: Registered,
+    fake_kube,  # noqa: F811 - the fixture imported above
+    target,  # noqa: F811
+    tmp_path: Path,
+):
+    """Its only request is one GET of the InferenceService: the Role's get is all the decision needs."""
+    from serving.cluster_rollout import deploy_version, rollback_canary
+
+    fake, _ = fake_kube
+    deploy_version(target, "1", 20)
+    deploy_version(target, "2", 20)  # what a passing retraining's deploy leaves: a canary at 20%
+    where = _world(registered, tmp_path)  # its log was answered by version 1, the cluster's champion
+    request = DecisionRequest(
+        target.tracking_uri,
+        MODEL_NAME,
+        **where,
+        requested="the on-call asked",
+        inference_service="taxi-duration",
+    )
+    fake.requests.clear()
+    held = retrain_decision_step(request, api=target.api)
+    assert held.kind == "no_retrain"
+    assert held.record["reason"] == (
+        "not retraining: a retraining is already running (canary version 2 is being judged); one at a time"
+    )
+    assert fake.calls() == [("GET", ISVC)]
+
+    rollback_canary(target)  # the judge has finished with it
+    fake.requests.clear()
+    assert retrain_decision_step(request, api=target.api).kind == "retrain"
+    assert fake.calls() == [("GET", ISVC)]
+
+
+def test_a_live_canary_in_the_local_deployment_state_counts_too(registered: Registered, tmp_path: Path):
+    from serving.deployment_state import DeploymentState, deploy, save_state
+
+    state = deploy(deploy(DeploymentState(), _revision("1"), 20).state, _revision("2"), 20).state
+    save_state(tmp_path / "state.json", state)
+    where = _world(registered, tmp_path)
+    state_path = str(tmp_path / "state.json")
+    outcome = _decide(registered, where, requested="please", deployment_state_path=state_path)
+    assert outcome.kind == "no_retrain"
+    assert outcome.record["signals"]["retrain_running"] == "canary version 2 is being judged"
+
+
 # --------------------------------------------------------------------------- the graph
 
 
@@ -463,9 +523,9 @@ def _imports(module: Path) -> set[str]:
 def test_the_autopilot_needs_no_grant_beyond_training_and_monitoring(tmp_path: Path):
     """The pods run as kubeflow/pipeline-runner, bound to the deployer Role only (manifests/base/rbac).
 
-    The autopilot adds one step, the decision, and it reaches only MLflow and S3; the retraining
-    runs inside the run, so nothing calls the KFP API; the one step that talks to Kubernetes is
-    the training pipeline's deploy, whose get/create/patch the Role already grants.
+    The autopilot adds one step, the decision: MLflow, S3 and one GET of the InferenceService; the
+    retraining runs inside the run, so nothing calls the KFP API; the other step that talks to
+    Kubernetes is the training pipeline's deploy, whose get/create/patch the Role already grants.
     """
     from pipelines.cluster_pipeline import PIPELINES
 
@@ -476,9 +536,6 @@ def test_the_autopilot_needs_no_grant_beyond_training_and_monitoring(tmp_path: P
     assert _steps_of(ir["autopilot"]) == _steps_of(ir["training"]) | _steps_of(ir["monitoring"]) | {
         "retrain_decision"
     }
-    decision_imports = _imports(REPO / "pipelines" / "steps" / "retrain_decision.py")
-    assert not [name for name in decision_imports if name.startswith(KUBERNETES_CLIENTS)]
-    assert not [name for name in decision_imports if name.startswith("serving")]
     talks_to_kubernetes = {
         step
         for step in _steps_of(ir["autopilot"])
@@ -486,7 +543,10 @@ def test_the_autopilot_needs_no_grant_beyond_training_and_monitoring(tmp_path: P
             n.startswith(KUBERNETES_CLIENTS) for n in _imports(REPO / "pipelines" / "steps" / f"{step}.py")
         )
     }
-    assert talks_to_kubernetes == {"deploy"}
+    # deploy creates and patches; the decision only reads (its requests: the fake-API test above).
+    assert talks_to_kubernetes == {"deploy", "retrain_decision"}
+    decision_imports = _imports(REPO / "pipelines" / "steps" / "retrain_decision.py")
+    assert "kfp" not in {name.split(".")[0] for name in decision_imports}
 
     role = yaml.safe_load((REPO / "manifests" / "base" / "rbac" / "role.yaml").read_text())
     assert role["rules"] == [
@@ -580,18 +640,24 @@ def _training_runs(registered: Registered, experiment: str) -> list:
     return [run for run in runs if PIPELINE_RUN_TAG in run.data.tags]  # parents, not the candidates' runs
 
 
-def _local_world(registered: Registered, root: Path, *, answers_scale: float) -> dict[str, str]:
-    """Two weeks of March trips from the TLC files in ``root/tlc`` answered by the champion (its minutes
-    times ``answers_scale``: a decayed model when below 1) and labelled with their real durations."""
+def _local_world(registered: Registered, root: Path, *, congested: bool) -> dict[str, str]:
+    """Four weeks of March trips from the TLC files in ``root/tlc`` answered by the champion and
+    labelled with their real durations. ``congested``: the trips start from ten pickup zones, and
+    in three of them the answers are 40% short (those zones slowed down, the others did not) --
+    a decay by zone, which the monitor calls degraded and a retrained model could learn."""
+    import numpy as np
     from support.tlc_fixtures import write_tlc_dir
 
     from components.data.ingest import load_month
 
     data_dir = write_tlc_dir(root / "tlc", months=("2021-02", "2021-03"), rows=2000)
     march, _ = load_month("green", "2021-03", data_dir=data_dir)
-    start = datetime(2021, 3, 1)
-    frame = log_frame(registered, march, start, timedelta(days=27) / len(march))
-    frame["minutes"] = frame["minutes"] * answers_scale
+    zones = np.array([74, 75, 41, 42, 166, 7, 82, 95, 129, 260])
+    served = march.assign(PULocationID=zones[np.arange(len(march)) % len(zones)]) if congested else march
+    frame = log_frame(registered, served, datetime(2021, 3, 1), timedelta(days=27) / len(march))
+    if congested:
+        slowed = frame["PULocationID"].isin(zones[:3]).to_numpy()
+        frame.loc[slowed, "minutes"] = frame.loc[slowed, "minutes"] * 0.6
     write_segment(root / "log", frame, "1")
     write_labels(
         frame[["request_id"]].assign(**{TARGET_COLUMN: march[TARGET_COLUMN].to_numpy()}),
@@ -613,7 +679,7 @@ def test_a_calm_log_decides_no_retrain_and_the_training_branch_is_skipped(
 ):
     from pipelines.autopilot_pipeline import autopilot_pipeline
 
-    arguments = _local_world(registered, tmp_path, answers_scale=1.0)
+    arguments = _local_world(registered, tmp_path, congested=False)
     run = autopilot_pipeline(**arguments, experiment="autopilot-calm", last_hours=24.0 * 14)
     assert run.output == "no_retrain"
     (record,) = read_records(tmp_path / "monitor" / DECISION_DIR / DECISION_FILE, lambda t, _: json.loads(t))
@@ -632,7 +698,7 @@ def test_a_decayed_log_is_judged_degraded_and_retrains_on_the_decisions_windows(
 ):
     from pipelines.autopilot_pipeline import autopilot_pipeline
 
-    arguments = _local_world(registered, tmp_path, answers_scale=0.6)
+    arguments = _local_world(registered, tmp_path, congested=True)
     policy = {"degraded_windows": 1, "train_days": 21, "holdout_days": 6, "min_post_change_days": 6}
     run = autopilot_pipeline(
         **arguments,

@@ -12,12 +12,15 @@ local loop does (``components.retraining.signals``), from what the cluster alrea
   month), so no new tag is needed at registration;
 - **labels**: how far they reach, and how many landed after the champion's data end;
 - **the last retraining**: from this step's own decision log, ``<monitor>/autopilot/decisions.jsonl``,
-  so the cooldown holds across recurring runs.
+  so the cooldown holds across recurring runs;
+- **a live canary**: a challenger still being judged counts as a retraining running (as in the local
+  loop), read from the InferenceService (a ``get``, which the deployer Role grants) or, locally, from
+  the deployment state file; a second challenger must not replace one the judge has not finished with.
 
 ``decide`` then says ``retrain`` or ``no_retrain`` with its reason; the decision is appended to the
 decision log *before* the pipeline acts on it (the ``dsl.If`` that starts the training graph).
 One retraining at a time is KFP's own: the recurring run has ``max_concurrency=1`` and the training
-graph runs inside the same run, so no retraining is running when a decision is made. A re-run over the
+graph runs inside the same run, so no training is running when a decision is made. A re-run over the
 same log (a KFP retry, or a schedule that fires with no new traffic) finds a retraining already decided
 at this event time for this champion and starts none.
 
@@ -32,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from components.data.event_window import EventWindow
 from components.errors import TaxiMlopsError
@@ -40,6 +43,7 @@ from components.monitoring.labels import read_labels
 from components.monitoring.locations import LABELS_PATTERN, SEGMENT_PATTERN, is_remote, local_folder
 from components.monitoring.prediction_log import read_prediction_log
 from components.monitoring.verdict_store import HISTORY_FILE, load_history
+from components.names import NAMESPACE
 from components.registry import tracking
 from components.registry.versions import CHAMPION, version_for_alias
 from components.retraining.policy import (
@@ -56,6 +60,9 @@ from components.storage.object_transfer import ObjectStoreError, connection_for,
 from components.storage.s3 import S3Connection, parse_s3_uri
 from pipelines.steps.notes import log
 from pipelines.steps.task_process import task_step
+
+if TYPE_CHECKING:
+    from kubernetes.client import CustomObjectsApi
 
 #: The decision log, in the monitor location: ``<monitor>/autopilot/decisions.jsonl``.
 DECISION_DIR: Final = "autopilot"
@@ -80,6 +87,10 @@ class DecisionRequest:
     policy_overrides: str = ""  # JSON: {"degraded_windows": 3, "cooldown_days": 1}; empty: defaults
     requested: str = ""  # why someone asked for a retraining; empty: nobody did
     model_alias: str = CHAMPION
+    # Where a live canary would be: the InferenceService (cluster), else the local deployment state.
+    inference_service: str = ""
+    inference_namespace: str = NAMESPACE
+    deployment_state_path: str = ""
     decision_path: str = ""  # a copy of the recorded decision (the KFP task's output artifact)
 
 
@@ -109,11 +120,18 @@ def parse_policy(overrides: str) -> RetrainingPolicy:
 
 @task_step
 def retrain_decision_step(
-    request: DecisionRequest, s3: S3Connection | None = None, now: datetime | None = None
+    request: DecisionRequest,
+    s3: S3Connection | None = None,
+    now: datetime | None = None,
+    api: CustomObjectsApi | None = None,
 ) -> DecisionOutcome:
-    """Gather the signals, decide, append the decision to the log; ``now`` (wall clock) stamps it."""
+    """Gather the signals, decide, append the decision to the log; ``now`` (wall clock) stamps it.
+
+    ``api`` defaults to the pod's service account (in-cluster), used only with an ``inference_service``.
+    """
     policy = parse_policy(request.policy_overrides)  # a bad override stops the run before any read
     champion = _champion_version(request)
+    running = live_canary(request, api)
     data_until = champion_trained_until(request.tracking_uri, request.model_name, champion)
     with tempfile.TemporaryDirectory(prefix="taxi-mlops-decision-") as scratch:
         folder = Path(scratch)
@@ -145,6 +163,7 @@ def retrain_decision_step(
                 labelled_until=labelled_until,
                 labelled_since_training=labelled_after,
                 last_retrain_at=last_retrain_at(earlier),
+                retrain_running=running,
                 requested=request.requested.strip() or None,
             )
             decision = _already_decided(earlier, facts) or decide(facts, policy)
@@ -195,6 +214,28 @@ def disjoint_windows(evidence: Sequence[Mapping[str, Any]]) -> list[Mapping[str,
                 continue
         kept.append(verdict)
     return list(reversed(kept))
+
+
+def live_canary(request: DecisionRequest, api: CustomObjectsApi | None = None) -> str | None:
+    """What is being judged, when a canary is live: the retraining it came from is not finished."""
+    if request.inference_service:
+        from serving.cluster_rollout import ClusterTarget, connect, status
+        from serving.kserve_deploy import IsvcRef
+
+        target = ClusterTarget(
+            api=api or connect(in_cluster=True),
+            tracking_uri=request.tracking_uri,
+            model_name=request.model_name,
+            ref=IsvcRef(request.inference_service, request.inference_namespace or NAMESPACE),
+        )
+        canary = status(target).state.canary  # one GET of the InferenceService
+    elif request.deployment_state_path:
+        from serving.deployment_state import load_state
+
+        canary = load_state(request.deployment_state_path).canary
+    else:
+        return None
+    return None if canary is None else f"canary version {canary.model_version} is being judged"
 
 
 def champion_trained_until(tracking_uri: str, model_name: str, version: str) -> datetime | None:
@@ -273,6 +314,7 @@ def _signals_record(facts: Signals, evidence: Sequence[Mapping[str, Any]]) -> di
         "labelled_until": iso(facts.labelled_until),
         "labelled_since_training": facts.labelled_since_training,
         "last_retrain_at": iso(facts.last_retrain_at),
+        "retrain_running": facts.retrain_running,
         "requested": facts.requested,
     }
 
