@@ -85,6 +85,23 @@ def _policy(overrides: Sequence[str]) -> RetrainingPolicy:
     metavar="FIELD=VALUE",
     help="Retraining policy override, e.g. --policy drift_windows=5 (see components/retraining/policy.py).",
 )
+@click.option(
+    "--interval",
+    "interval_seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Live loop: wall-clock seconds between passes.",
+)
+@click.option("--once", is_flag=True, help="Live loop: one pass, then exit (for cron, or to look).")
+@click.option(
+    "--schedule-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Live loop: wake every N days of event time (the policy's age rule then decides).",
+)
+@click.option(
+    "--retrain-now", metavar="REASON", help="Live loop: ask for a retraining now, with this reason."
+)
 @canary_policy_option
 @click.option(
     "--workspace",
@@ -106,12 +123,20 @@ def autopilot(
     candidate_names: str | None,
     retraining_overrides: tuple[str, ...],
     policy_overrides: tuple[str, ...],
+    interval_seconds: float,
+    once: bool,
+    schedule_days: float | None,
+    retrain_now: str | None,
     workspace: Path | None,
     state_dir: Path | None,
 ) -> None:
-    """The closed loop: monitor verdicts, alerts and new months wake it; it retrains when the
-    retraining policy says so, and the canary judge promotes or rolls back what passed the gate.
-    Every decision is recorded with its reason (``<state>/autopilot/timeline.jsonl``)."""
+    """The closed loop, beside `taxi-mlops serve`: monitor verdicts, retrain-candidate alerts, new
+    month files and the schedule wake it; it retrains when the retraining policy says so, and
+    serve's canary judge promotes or rolls back what passed the gate. Every decision is recorded
+    with its reason in <state>/autopilot/timeline.jsonl.
+
+    With --replay FIRST:LAST it proves itself instead: from nothing, through the months of
+    --data-dir in accelerated event time, against two baselines on the same trips."""
     policy = _policy(retraining_overrides)
     from pipelines.autopilot.replay import REPLAY_CANARY_POLICY
 
@@ -120,7 +145,18 @@ def autopilot(
     if candidate_names:
         candidates = parse_candidates(candidate_names, ())
     if replay_range is None:
-        raise click.UsageError("give --replay FIRST:LAST (the live loop: see `taxi-mlops autopilot --help`)")
+        from pipelines.autopilot.live import LiveOptions
+
+        options = LiveOptions(
+            data_dir=data_dir.resolve() if data_dir else None,
+            color=color,
+            interval_seconds=interval_seconds,
+            monitor_every=timedelta(hours=monitor_hours),
+            schedule_every=timedelta(days=schedule_days) if schedule_days else None,
+            retrain_now=retrain_now,
+        )
+        _live(options, candidates, policy, state_dir, once)
+        return
     if data_dir is None:
         raise click.UsageError("--replay needs --data-dir: the folder holding the months to replay")
     _replay(
@@ -139,6 +175,45 @@ def autopilot(
         workspace,
         state_dir,
     )
+
+
+def _live(
+    options: Any,
+    candidates: list[dict[str, Any]] | None,
+    policy: RetrainingPolicy,
+    state_dir: Path | None,
+    once: bool,
+) -> None:
+    from pipelines.autopilot.live import LiveLoop
+    from pipelines.autopilot.loop import AUTOPILOT_DIR_NAME, Autopilot
+    from pipelines.local_run import RunRequest
+
+    settings = Settings.from_env(state_dir=state_dir)
+    base = RunRequest(
+        color=options.color,
+        data_dir=str(options.data_dir) if options.data_dir else None,
+        candidates=candidates,
+    )
+    loop = Autopilot(settings, base, policy, check_month=_month_check(settings, options), progress=click.echo)
+    click.echo(
+        f"autopilot: watching {settings.state_dir} (timeline: {settings.state_dir / AUTOPILOT_DIR_NAME}); "
+        + ("one pass" if once else f"a pass every {options.interval_seconds:g} s, Ctrl-C stops")
+    )
+    try:
+        LiveLoop(loop, settings, options, click.echo).run(once=once)
+    except KeyboardInterrupt:
+        click.echo("autopilot: stopped (its state is on disk; start it again to carry on)")
+
+
+def _month_check(settings: Settings, options: Any) -> Any:
+    if options.data_dir is None:
+        return None
+    from components.data.ingest import load_month
+
+    def check(month: str) -> None:
+        load_month(options.color, month, data_dir=options.data_dir, cache_dir=settings.cache_dir)
+
+    return check
 
 
 def _replay(

@@ -177,6 +177,22 @@ class Autopilot:
             ),
         }
 
+    def _trained_until(self, version: str) -> datetime | None:
+        """How far the version's training data reached: what the loop recorded, else its MLflow lineage."""
+        known = self.state.trained_until.get(version)
+        if known:
+            return event_moment(known)
+        from pipelines.steps.retrain_decision import champion_trained_until
+
+        try:
+            until = champion_trained_until(self.settings.tracking_uri, self.settings.model_name, version)
+        except Exception as exc:  # the registry down: the age rule waits, the others still work
+            self.progress(f"autopilot: cannot read how old version {version} is: {exc}")
+            return None
+        if until is not None:
+            self.note_trained_until(version, until)
+        return until
+
     def _champion(self) -> str | None:
         champion = load_state(self.settings.deployment_state_path).champion
         return champion.model_version if champion else None
@@ -191,8 +207,7 @@ class Autopilot:
             running = f"decision #{self.state.pending['seq']}"
         elif deployed.canary is not None:
             running = f"canary version {deployed.canary.model_version} is being judged"
-        until_text = self.state.trained_until.get(champion)
-        until = event_moment(until_text) if until_text else None
+        until = self._trained_until(champion)
         log_dir: Path = self.settings.prediction_log_dir
         log = read_prediction_log(log_dir, on_corrupt="skip") if log_dir.is_dir() else None
         labelled_until, fresh = (None, 0)
