@@ -180,6 +180,18 @@ def verdict_lines(document: Mapping[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"  accuracy       not judged: {accuracy['labelled']} labelled trips")
+    segments = document.get("segments") or {}
+    if segments.get("statistic") is not None:
+        flag = "MOVED" if segments["degraded"] else "ok"
+        zones = ", ".join(f"{z['zone']} {z['slower_by']:+.0%}" for z in segments.get("moved", [])[:5])
+        lines.append(
+            f"  by zone        {flag:<5} {segments['statistic']:.3f} (max {segments['threshold']:g}) over "
+            f"{segments['zones']} zones" + (f"; moved most: {zones}" if zones else "")
+        )
+    elif segments:
+        lines.append(
+            f"  by zone        not judged: {segments.get('labelled', 0)} labelled trips in zones big enough"
+        )
     return lines
 
 
