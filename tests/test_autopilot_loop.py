@@ -234,3 +234,17 @@ def test_a_state_file_that_is_not_one_is_refused_by_name(settings: Settings) -> 
     (folder / "state.json").write_text("{not json")
     with pytest.raises(LoopStateError, match=r"state\.json: not an autopilot state"):
         _loop(settings, RecordingRetrain())
+
+
+def test_a_retraining_that_fails_outright_leaves_the_champion_and_says_why(settings: Settings) -> None:
+    _verdicts(settings, "degraded", "degraded", "degraded", "degraded")
+    before = settings.deployment_state_path.read_bytes()
+    down = RecordingRetrain(fail_with=ConnectionError("MLflow at http://127.0.0.1:9 refused the connection"))
+    loop = _loop(settings, down)
+    events = loop.step(NOW, [Wake("alert", "alert")])
+    assert [e["kind"] for e in events] == ["retrain", "gate"] and events[1]["passed"] is False
+    assert events[1]["reason"] == (
+        "retraining failed, the champion keeps serving: "
+        "ConnectionError: MLflow at http://127.0.0.1:9 refused the connection"
+    )
+    assert loop.state.pending is None and settings.deployment_state_path.read_bytes() == before

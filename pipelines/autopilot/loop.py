@@ -98,7 +98,19 @@ class Autopilot:
     # ------------------------------------------------------------------ the parts
 
     def _carry_out(self, decision: Mapping[str, Any]) -> list[dict[str, Any]]:
-        outcome = self.retrain_with(self.settings, decision, self.base, self.progress)
+        try:
+            outcome = self.retrain_with(self.settings, decision, self.base, self.progress)
+        except Exception as exc:  # MLflow or S3 down mid-run, a bug: the decision ends, recorded and said
+            outcome = RetrainOutcome(
+                {
+                    "kind": "gate",
+                    "event_time": decision.get("event_time"),
+                    "model_version": decision.get("model_version"),
+                    "passed": False,
+                    "reason": f"retraining failed, the champion keeps serving: {type(exc).__name__}: {exc}",
+                },
+                None,
+            )
         event = {**outcome.event, "decision_seq": decision["seq"]}
         if outcome.summary is not None:
             until = trained_until(outcome.summary)
