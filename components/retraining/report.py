@@ -314,6 +314,7 @@ class _Window:
     rmse: float
     baseline: float
     drift: float
+    zones: float  # the by-zone error statistic over its threshold (components/monitoring/segments.py)
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> _Window:
@@ -325,6 +326,7 @@ class _Window:
             _number(raw.get("rmse")),
             _number(raw.get("baseline_rmse")),
             _number(raw.get("drift_score")),
+            _number(raw.get("zone_score")),
         )
 
 
@@ -734,7 +736,9 @@ def _monitor_html(monitor: Sequence[_Window], decisions: Sequence[_Decision], sp
     caption = (
         "Each point is one monitor window, at the event time it was judged, coloured by its verdict. Top: "
         "the drift score, the largest feature effect as a multiple of the smallest effect that matters "
-        "(at or above 1: drifted by effect size). Bottom: the window's live RMSE on its labelled trips "
+        "(at or above 1: drifted by effect size), and the by-zone score (purple): how far the errors moved "
+        "in some pickup zones against the rest, over its limit (at or above 1: decay a retraining can fix). "
+        "Bottom: the window's live RMSE on its labelled trips "
         "against the serving model's validation RMSE. Same time axis and decision lines as above."
     )
     return _figure_html(_monitor_figure(timed, decisions, span), "monitor", caption)
@@ -760,6 +764,15 @@ def _monitor_figure(windows: Sequence[_Window], decisions: Sequence[_Decision], 
         else:
             top.text(0.5, 0.5, "no drift scores", transform=top.transAxes, ha="center", color=GREY)
             top.set_ylim(0, 1.6)
+        zones = np.array([w.zones for w in windows])
+        has_zones = np.isfinite(zones)
+        if has_zones.any():
+            top.plot(
+                x[has_zones], zones[has_zones], color="#7c3aed", linewidth=1.1, marker="D", markersize=2.6,
+                label="by-zone score", zorder=3,
+            )  # fmt: skip
+            top.set_ylim(0, max(top.get_ylim()[1], float(np.nanmax(zones)) * 1.12))
+            top.legend(loc="upper left", fontsize=7.5, frameon=False)
         top.axhline(1.0, color=RED, linestyle="--", linewidth=1.0, zorder=2)
         top.text(
             0.002,

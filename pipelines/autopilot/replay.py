@@ -509,6 +509,7 @@ def _monitor_row(verdict: Mapping[str, Any]) -> dict[str, Any]:
         if f.get("effect") is not None and f.get("min_effect")
     ]
     accuracy = verdict.get("accuracy") or {}
+    segments = verdict.get("segments") or {}
     window = verdict.get("window") or {}
     end = window.get("end")
     return {
@@ -521,6 +522,9 @@ def _monitor_row(verdict: Mapping[str, Any]) -> dict[str, Any]:
         "baseline_rmse": accuracy.get("baseline_rmse"),
         "labelled": accuracy.get("labelled"),
         "drift_score": max(scores) if scores else None,
+        "zone_score": (
+            segments["statistic"] / segments["threshold"] if segments.get("statistic") is not None else None
+        ),
     }
 
 
