@@ -53,7 +53,7 @@ class SegmentReport:
     statistic: float | None
     threshold: float
     moved_share: float | None  # share of those trips in zones moved beyond zone_moved
-    moved: list[dict[str, Any]] = field(default_factory=list)  # the most moved zones, largest first
+    moved: list[dict[str, Any]] = field(default_factory=list)  # moved zones, largest share first
     degraded: bool = False
     verdict: str = "insufficient_data"  # "ok" | "degraded" | "insufficient_data"
 
@@ -83,7 +83,8 @@ def segment_errors(
     statistic = float(np.average(np.abs(relative.to_numpy()), weights=weights))
     moved_mask = relative.abs() > policy.zone_moved
     moved_share = float(per_zone.loc[moved_mask, "size"].sum() / per_zone["size"].sum())
-    order = relative.abs().sort_values(ascending=False).index[: policy.top_zones]
+    # Largest share of the statistic first: a busy zone that moved, not a small one by chance.
+    order = (relative.abs() * per_zone["size"]).sort_values(ascending=False).index[: policy.top_zones]
     moved = [
         {
             "zone": int(zone),
