@@ -48,15 +48,15 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
     shifted = tmp_path / "shifted"
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_shifted_month.py"), "--data-dir", str(real),
-         "--month", "2021-03", "--out", str(shifted), "--factor", "1.6"],
+         "--month", "2021-03", "--out", str(shifted), "--factor", "1.6", "--zones", "3"],
         check=True, capture_output=True,
     )  # fmt: skip
     plan = ReplayPlan(
         months=ReplayPlan.month_range("2021-01:2021-03"),
         data_dir=shifted,
         tick=timedelta(hours=12),
-        monitor_every=timedelta(hours=48),
-        monitor_window=timedelta(hours=48),
+        monitor_every=timedelta(hours=72),
+        monitor_window=timedelta(hours=72),
         candidates=CANDIDATES,
         min_rows=200,
         # Sample minimums for ~600 trips a day; the checks are the default policy's.

@@ -77,6 +77,13 @@ def test_worse_alike_in_every_zone_is_weather_not_a_reason_to_retrain() -> None:
     )
 
 
+def test_worse_where_the_zones_cannot_be_judged_says_so() -> None:
+    verdicts = [_verdict("uniform", 0)]
+    verdicts[0]["segments"] = {"degraded": False, "verdict": "insufficient_data", "labelled": 120}
+    decision = decide(_signals(verdicts=verdicts))
+    assert "the by-zone check could not judge (120 labelled trips in zones big enough)" in decision.reason
+
+
 def test_an_old_champion_retrains_only_with_new_labels() -> None:
     old = {"champion_trained_until": NOW - timedelta(days=40)}
     assert decide(_signals("ok", **old)).trigger == "age"

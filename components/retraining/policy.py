@@ -232,6 +232,16 @@ def _trigger(signals: Signals, policy: RetrainingPolicy) -> tuple[str | None, st
         return None, "no monitor verdict yet", None
     newest = verdicts[-1]
     accuracy = newest.get("accuracy") or {}
+    segments = newest.get("segments") or {}
+    if accuracy.get("degraded") and segments.get("verdict") == "insufficient_data":
+        return (
+            None,
+            f"live RMSE {accuracy.get('rmse', float('nan')):.3f} is above the validation RMSE "
+            f"{accuracy.get('baseline_rmse', float('nan')):.3f}, but the by-zone check could not judge "
+            f"({segments.get('labelled', 0)} labelled trips in zones big enough): whether a retrained model "
+            "would learn it is not known yet",
+            None,
+        )
     if accuracy.get("degraded") and not _locally_degraded(newest):
         return (
             None,
