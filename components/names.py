@@ -38,6 +38,9 @@ LABELS_DIR_NAME: Final = "labels"
 CANARY_DIR_NAME: Final = "canary"
 #: The monitor's verdicts (latest.json + history.jsonl, components/monitoring/verdict_store.py).
 MONITOR_DIR_NAME: Final = "monitor"
+#: The local retraining loop's memory (state.json + timeline.jsonl, components/retraining/loop_state.py),
+#: in the state dir itself (<state_dir>/autopilot, beside deployment/); the splitter's gauges read it.
+AUTOPILOT_DIR_NAME: Final = "autopilot"
 # On a cluster the same three live in MinIO, in a bucket of their own (manifests/base/minio).
 MONITORING_BUCKET: Final = "monitoring"
 PREDICTION_LOG_URI: Final = f"s3://{MONITORING_BUCKET}/{PREDICTION_LOG_DIR_NAME}"

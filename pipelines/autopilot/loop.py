@@ -30,6 +30,7 @@ from components.errors import TaxiMlopsError
 from components.monitoring.labels import read_labels
 from components.monitoring.prediction_log import read_prediction_log
 from components.monitoring.verdict_store import load_history
+from components.names import AUTOPILOT_DIR_NAME
 from components.retraining.loop_state import LoopMemory
 from components.retraining.policy import RetrainingPolicy, Signals, decide
 from components.retraining.signals import champion_evidence, event_moment, labelled_since, trained_until
@@ -39,7 +40,6 @@ from pipelines.retrain import RetrainOutcome, retrain
 from pipelines.settings import Settings
 from serving.deployment_state import load_state
 
-AUTOPILOT_DIR_NAME: Final = "autopilot"
 #: The alert the loop raises itself: a month file it was given cannot be read.
 UNREADABLE_ALERT: Final = "TaxiTrainingDataUnreadable"
 _CANARY_KINDS: Final = {"set_percent": "canary_step", "promote": "promote", "rollback": "rollback"}
