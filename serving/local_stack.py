@@ -30,7 +30,9 @@ Prometheus ``file_sd`` list of the splitter and every routed predictor
 Prometheus follows champion and canary changes without a restart. A clean stop
 empties it; a killed stack leaves its targets listed, and down.
 The splitter's ``/metrics`` also serves the newest monitor verdict's gauges
-from ``<state dir>/monitor`` (``components.monitoring.verdict_metrics``).
+from ``<state dir>/monitor`` (``components.monitoring.verdict_metrics``), the canary
+judge's decisions beside it, and the autopilot's state from the folder the loop keeps in
+the state dir itself, one level up (``components.retraining.loop_metrics``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import TaxiMlopsError
-from components.names import CANARY_DIR_NAME, MONITOR_DIR_NAME, PREDICTION_LOG_DIR_NAME, SERVED_MODEL_NAME
+from components.names import (
+    AUTOPILOT_DIR_NAME,
+    CANARY_DIR_NAME,
+    MONITOR_DIR_NAME,
+    PREDICTION_LOG_DIR_NAME,
+    SERVED_MODEL_NAME,
+)
 from components.storage.atomic_write import write_atomically
 from serving.deployment_state import DeploymentState, Revision, load_state
 from serving.traffic_splitter import RoutingTable, SplitterServer, TrafficSplitter
@@ -273,6 +281,8 @@ class LocalStack:
             seed=seed,
             monitor_dir=self.state_path.parent / MONITOR_DIR_NAME,
             canary_dir=self.state_path.parent / CANARY_DIR_NAME,
+            # <state_dir>/deployment/state.json -> <state_dir>/autopilot (Settings.state_dir, as the loop).
+            autopilot_dir=self.state_path.parent.parent / AUTOPILOT_DIR_NAME,
         )
         self._server = SplitterServer(self.splitter, host, port)
         self._processes: dict[Revision, PredictorProcess] = {}

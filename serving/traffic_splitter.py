@@ -26,7 +26,8 @@ processes, so a client sees one URL whatever the deployment looks like:
   monitor verdict stored there as gauges (``components.monitoring.verdict_metrics``,
   the same series the cluster's inference-log sink serves), read at each scrape;
   a verdict that cannot be read is ``taxi_monitor_verdict_readable 0``. With a
-  ``canary_dir``, the canary judge's decisions too (``components.canary.decision_metrics``).
+  ``canary_dir``, the canary judge's decisions too (``components.canary.decision_metrics``);
+  with an ``autopilot_dir``, the local retraining loop's state (``components.retraining.loop_metrics``).
 
 The routing table is one immutable object swapped in by ``apply_routes``; each
 request reads it once, so a reload is never half-applied. The proxy is a bare
@@ -58,6 +59,7 @@ from components.canary.decision_metrics import decision_metrics_from
 from components.monitoring.verdict_metrics import verdict_metrics_text
 from components.monitoring.verdict_store import VerdictStoreError, load_latest
 from components.names import CANARY_REVISION, CHAMPION_REVISION, MODEL_VERSION_HEADER, REVISION_HEADER
+from components.retraining.loop_metrics import loop_metrics_from
 from serving.deployment_state import DeploymentState, Revision
 from serving.error_responses import POST_ONLY_SUFFIXES
 from serving.revision_health import RevisionHealth
@@ -193,10 +195,12 @@ class TrafficSplitter:
         health: RevisionHealth | None = None,
         monitor_dir: str | os.PathLike[str] | None = None,
         canary_dir: str | os.PathLike[str] | None = None,
+        autopilot_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._routes = routes or RoutingTable()
         self._monitor_dir = Path(monitor_dir) if monitor_dir is not None else None
         self._canary_dir = Path(canary_dir) if canary_dir is not None else None
+        self._autopilot_dir = Path(autopilot_dir) if autopilot_dir is not None else None
         self._verdict_problem = ""  # the last unreadable-verdict reason logged (logged once, not per scrape)
         self._max_body_bytes = max_body_bytes
         self._health = health or RevisionHealth()
@@ -323,7 +327,8 @@ class TrafficSplitter:
             f"taxi_splitter_generation {table.generation}",
         ]
         canary = decision_metrics_from(self._canary_dir) if self._canary_dir is not None else ""
-        return "\n".join(lines) + "\n" + self._verdict_text() + canary
+        autopilot = loop_metrics_from(self._autopilot_dir) if self._autopilot_dir is not None else ""
+        return "\n".join(lines) + "\n" + self._verdict_text() + canary + autopilot
 
     def _verdict_text(self) -> str:
         """The newest stored verdict's gauges ("" without a monitor folder)."""

@@ -279,6 +279,24 @@ def test_predictor_ports_pool(state_path: Path):
         assert hits(local.url, 20).keys() <= {("champion", "1"), ("canary", "2")}
 
 
+def test_metrics_serve_the_autopilots_state_from_the_loops_folder(tmp_path: Path):
+    """The stack finds the folder the loop writes (``Settings.state_dir``/autopilot) from its state file."""
+    from components.names import AUTOPILOT_DIR_NAME
+    from components.retraining.loop_state import LoopMemory
+    from pipelines.settings import Settings
+
+    settings = Settings.from_env({}, state_dir=tmp_path / "state")
+    memory = LoopMemory(settings.state_dir / AUTOPILOT_DIR_NAME)  # where pipelines/autopilot/loop.py keeps it
+    memory.state.bad_months["2021-03"] = "green_tripdata_2021-03.parquet: not a parquet file"
+    memory.record({"kind": "no_retrain", "event_time": "2021-03-20T00:00:00+00:00", "reason": "unreadable"})
+    memory.save()
+    state_path = settings.deployment_state_path  # <state_dir>/deployment/state.json, as `serve` uses it
+    with LocalStack(state_path, port=0, predictor_command=fake_predictor_command) as local:
+        text = httpx.get(local.url + "/metrics", timeout=5).text
+    assert 'taxi_autopilot_unreadable_month{month="2021-03"} 1' in text
+    assert "taxi_autopilot_retraining_running 0" in text and "taxi_splitter_generation" in text
+
+
 SERVE = textwrap.dedent(
     """
     import sys
