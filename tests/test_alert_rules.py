@@ -72,6 +72,14 @@ def test_every_rule_says_how_bad_and_what_happened() -> None:
     assert not [rule["alert"] for rule in _rules() if "taxi_splitter_" in rule["expr"]]
 
 
+def test_the_autopilots_own_alert_is_a_rule() -> None:
+    """The alert the loop writes into its timeline is the one Prometheus raises from its state."""
+    from pipelines.autopilot.loop import UNREADABLE_ALERT
+
+    (rule,) = [rule for rule in _rules() if rule["alert"] == UNREADABLE_ALERT]
+    assert "taxi_autopilot_unreadable_month" in rule["expr"]
+
+
 def _mutated(tmp_path: Path, alert: str, change: Callable[[dict[str, Any]], None]) -> Path:
     """A copy of the rules folder where ``change`` edited the rule ``alert`` (it must change it)."""
     folder = tmp_path / "rules"
@@ -116,6 +124,13 @@ def test_promtool_check_refuses_a_broken_expression(tmp_path: Path) -> None:
         ("dropped counted with written", "TaxiPredictionLogDropping", _expr('"dropped.*"', '".*"')),
         ("stale after 2 days, not 26 hours", "TaxiMonitorStale", _expr("26 * 3600", "48 * 3600")),
         ("unreadable at the first failed read", "TaxiMonitorVerdictUnreadable", lambda rule: rule.pop("for")),
+        (
+            "one alert for all unreadable months, none named",
+            "TaxiTrainingDataUnreadable",
+            _expr("taxi_autopilot_unreadable_month == 1", "taxi_autopilot_unreadable_months > 0"),
+        ),
+        ("stuck at the first pending scrape", "TaxiRetrainingStuck", lambda rule: rule.pop("for")),
+        ("stuck after 3 hours, not 2", "TaxiRetrainingStuck", lambda rule: rule.update({"for": "3h"})),
     ],
 )
 def test_promtool_unit_tests_catch_a_wrong_rule(
