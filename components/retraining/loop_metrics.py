@@ -22,7 +22,8 @@ serving anything itself:
 The state is read the way the loop reads it on a restart (:meth:`LoopMemory.load`: a decision
 that reached the timeline but not the state counts as pending). Before the loop's first write
 only ``taxi_autopilot_state_readable 1`` is exposed. The cluster loop keeps its decisions in
-S3 (``decisions.jsonl``) and has no such folder; these series are local only.
+S3 (``<monitor>/autopilot/decisions.jsonl``, pipelines/steps/retrain_decision.py) and has no
+such folder: these series are local only.
 """
 
 from __future__ import annotations
