@@ -188,6 +188,7 @@ class PairedTrips:
     newest_event: pd.Timestamp | None
     logged: int = 0
     mismatched: int = 0  # logged minutes that differ from the answering model's offline score
+    span_hours: float | None = None  # event time from the first labelled pair to the last
 
 
 def paired_trips(
@@ -214,6 +215,7 @@ def paired_trips(
     answered_by_canary = labelled["model_version"].astype(str).to_numpy() == state.canary.model_version
     offline = np.where(answered_by_canary, canary, champion)
     mismatched = int((np.abs(offline - labelled["minutes"].to_numpy(dtype=np.float64)) > 1e-6).sum())
+    times = pd.to_datetime(labelled["event_time"])
     return PairedTrips(
         labelled[TARGET_COLUMN].to_numpy(dtype=np.float64),
         champion,
@@ -221,6 +223,7 @@ def paired_trips(
         newest,
         logged=len(joined),
         mismatched=mismatched,
+        span_hours=float((times.max() - times.min()).total_seconds() / 3600),
     )
 
 
@@ -302,6 +305,7 @@ def judge_once(
         canary_started=since.to_pydatetime() if since is not None else None,
         now=newest.to_pydatetime() if newest is not None else None,
         consecutive_failures=memory.consecutive_failures,
+        pairs_span_hours=pairs.span_hours,
     )
     analysis = analyze(evidence, policy)
     message = _act(actions, analysis)

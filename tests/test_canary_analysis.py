@@ -183,3 +183,12 @@ def test_decision_metrics_expose_the_verdict_checks_and_the_last_rollback() -> N
     assert counts["rollback"] == 1 and counts["set_percent"] == 1 and counts["promote"] == 0
     rollback = families["taxi_canary_last_rollback_timestamp_seconds"].samples[0].value
     assert rollback == datetime(2026, 12, 1, 10, 5, tzinfo=UTC).timestamp()
+
+
+def test_accuracy_waits_for_a_day_of_pairs_whichever_way_it_leans() -> None:
+    policy = CanaryPolicy(min_pair_span_hours=24)
+    worse = analyze(_evidence(canary_scale=1.15, pairs_span_hours=6.0), policy)
+    assert worse.action == "hold" and _check(worse, "accuracy").passed is None
+    assert "the pairs span 6.0 h of event time, needs 24" in _check(worse, "accuracy").detail
+    assert analyze(_evidence(canary_scale=1.15, pairs_span_hours=30.0), policy).action == "rollback"
+    assert analyze(_evidence(canary_scale=1.15, pairs_span_hours=6.0)).action == "rollback"  # default: 0 h

@@ -47,6 +47,9 @@ class CanaryPolicy:
     #: Fewest labelled pairs on which the accuracy test may reach any outcome (a clear regression
     #: fails from here on, even at a step that does not require accuracy yet).
     min_pairs: int = 200
+    #: Event hours the labelled pairs must span before the accuracy check may pass or fail
+    #: (0: any span). A day's cycle keeps one part of the day from deciding (see analysis.py).
+    min_pair_span_hours: float = 0.0
     #: Non-inferiority margin: the canary's MAE may be at most this much worse (relative) than the champion's.
     mae_margin: float = 0.02
     #: Two-sided confidence of the intervals every check uses.
@@ -94,6 +97,10 @@ class CanaryPolicy:
             raise CanaryPolicyError("max_p99_ms > 0, max_p99_ratio >= 1 and p99_ratio_floor_ms >= 0, please")
         if self.failure_limit < 1 or self.interval_seconds <= 0 or self.deadline_days <= 0:
             raise CanaryPolicyError("failure_limit >= 1, interval_seconds > 0 and deadline_days > 0, please")
+        if self.min_pair_span_hours < 0:
+            raise CanaryPolicyError(
+                f"min_pair_span_hours must not be negative, got {self.min_pair_span_hours}"
+            )
         if self.resamples < 100:
             raise CanaryPolicyError(f"resamples must be at least 100, got {self.resamples}")
 
