@@ -64,9 +64,9 @@ def test_confirmed_decay_waits_for_days_after_the_change_then_trains_across_it()
 
 
 def test_drift_must_persist() -> None:
-    held = decide(_signals("ok", "drift", "drift", "drift"))
-    assert held.kind == "no_retrain" and "3 window(s) in a row with input drift (retrain at 4)" in held.reason
-    assert decide(_signals("drift", "drift", "drift", "drift")).trigger == "drift"
+    held = decide(_signals("ok", *["drift"] * 6))
+    assert held.kind == "no_retrain" and "6 window(s) in a row with input drift (retrain at 7)" in held.reason
+    assert decide(_signals(*["drift"] * 7)).trigger == "drift"
 
 
 def test_worse_alike_in_every_zone_is_weather_not_a_reason_to_retrain() -> None:

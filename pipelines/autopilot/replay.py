@@ -71,6 +71,8 @@ REPLAY_CANARY_POLICY = CanaryPolicy(
     steps=(Step(20, min_requests=500, min_labelled=0), Step(50, min_requests=500, min_labelled=1_000)),
     promote_min_labelled=1_000,
     min_pair_span_hours=24.0,
+    # The replay's predictors share two cores with its own training runs: the limit is for that.
+    max_p99_ms=250.0,
 )
 
 
@@ -486,10 +488,18 @@ def _summary(
         **everything,
         "by_month": by_month,
         "promotions": promotions,
-        "after_promotion": promotions[-1] if promotions else None,
+        # From the first promotion after the shift (or the first at all) to the end of its month.
+        "after_promotion": _first_after(promotions, shift["start"] if shift else None),
         "shift": {"month": shift["month"], "start": shift["start"].isoformat()} if shift else None,
         "shift_to_promotion_days": shift_to_promotion,
     }
+
+
+def _first_after(
+    promotions: Sequence[Mapping[str, Any]], start: pd.Timestamp | None
+) -> Mapping[str, Any] | None:
+    later = [p for p in promotions if start is None or pd.Timestamp(p["at"]) >= start]
+    return later[0] if later else None
 
 
 def _shift(data_dir: Path) -> dict[str, Any] | None:
