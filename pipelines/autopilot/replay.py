@@ -405,7 +405,8 @@ def _timeline_document(
     monitor = [_monitor_row(v) for v in load_history(settings.monitor_dir)]
     return {
         "replay": {
-            "months": list(plan.months),
+            "months": [str(frame["month"].iloc[0]) for frame in served],  # the months replayed as traffic
+            "range": list(plan.months),
             "trained_on": first,
             "color": plan.color,
             "data_dir": str(plan.data_dir),
@@ -477,6 +478,7 @@ def _summary(
         promotions.append(
             {
                 "at": event["event_time"],
+                "since": event["event_time"],
                 "model_version": event.get("model_version"),
                 "until": month_end.isoformat(),
                 **rmses(((pickups >= at) & (pickups < month_end)).to_numpy()),
