@@ -14,17 +14,12 @@ import click
 from components.errors import TaxiMlopsError
 from components.retraining.policy import RetrainingPolicy
 from pipelines.cli_canary import canary_policy_option, parse_policy
-from pipelines.cli_options import parse_candidates, state_dir_option
+from pipelines.cli_options import field_overrides, parse_candidates, state_dir_option
 from pipelines.settings import Settings
 
 
 def _policy(overrides: Sequence[str]) -> RetrainingPolicy:
-    pairs = {}
-    for override in overrides:
-        name, sep, value = override.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"{override!r} is not FIELD=VALUE", param_hint="--policy")
-        pairs[name.strip()] = value.strip()
+    pairs = field_overrides(overrides, "--policy")
     try:
         return RetrainingPolicy().with_overrides(pairs)
     except TaxiMlopsError as exc:

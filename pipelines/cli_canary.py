@@ -17,7 +17,7 @@ import click
 from components.canary.policy import CanaryPolicy
 from components.errors import TaxiMlopsError
 from components.storage.atomic_write import write_atomically
-from pipelines.cli_options import state_dir_option
+from pipelines.cli_options import field_overrides, state_dir_option
 from pipelines.settings import Settings
 
 
@@ -34,12 +34,7 @@ def canary_policy_option(command: Any) -> Any:
 
 def parse_policy(overrides: Sequence[str], base: CanaryPolicy | None = None) -> CanaryPolicy:
     """The default policy with ``FIELD=VALUE`` overrides; a bad one is a usage error naming it."""
-    pairs: dict[str, str] = {}
-    for override in overrides:
-        name, sep, value = override.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"{override!r} is not FIELD=VALUE", param_hint="--canary-policy")
-        pairs[name.strip()] = value.strip()
+    pairs = field_overrides(overrides, "--canary-policy")
     try:
         return (base or CanaryPolicy()).with_overrides(pairs)
     except TaxiMlopsError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,14 @@ def parse_candidates(names: str, overrides: tuple[str, ...]) -> list[dict[str, A
     for name, overrides_for_model in params.items():
         resolve_params(name, overrides_for_model)  # rejects unknown hyperparameter names now
     return [{"name": name, "params": params[name]} for name in chosen]
+
+
+def field_overrides(overrides: Sequence[str], option: str) -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; anything else is a usage error naming ``option``."""
+    pairs: dict[str, str] = {}
+    for override in overrides:
+        name, sep, value = override.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{override!r} is not FIELD=VALUE", param_hint=option)
+        pairs[name.strip()] = value.strip()
+    return pairs
