@@ -81,8 +81,11 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
     assert "moved by pickup zone" in decay[0]["reason"]
     promoted = [d for d in decisions if d["kind"] == "promote" and d["event_time"] > decay[0]["event_time"]]
     assert promoted, "\n".join(d["kind"] + ": " + d["reason"] for d in decisions)
-    gate = next(d for d in decisions if d["kind"] == "gate" and d["event_time"] == decay[0]["event_time"])
-    assert gate["passed"] and gate["challenger_version"] == promoted[0]["model_version"]
+    # The promoted model is a decay retraining's challenger (the judge may have rolled back one first).
+    decay_seqs = {d["seq"] for d in decay}
+    passed = {d["challenger_version"] for d in decisions if d["kind"] == "gate" and d.get("passed")
+              and d.get("decision_seq") in decay_seqs}  # fmt: skip
+    assert promoted[0]["model_version"] in passed, "\n".join(lines)
     assert any(d["kind"] == "canary_step" for d in decisions)
     summary = document["summary"]
     assert summary["shift"]["start"] == "2021-03-01T00:00:00"
@@ -94,9 +97,9 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
     weeks = document["weekly"]
     assert weeks and all(pd.Timestamp(w["week"]).weekday() == 0 for w in weeks)
     assert all({"served_rmse", "never_retrain_rmse", "scheduled_rmse"} <= set(w) for w in weeks)
-    # The promoted challenger serves, and the registry agrees.
+    # The last promoted challenger serves, and the registry agrees.
     state = load_state(settings.deployment_state_path)
-    assert state.champion.model_version == promoted[-1]["model_version"] and state.canary is None
+    assert state.champion.model_version == promoted[-1]["model_version"]  # a later canary may still be live
     champion = version_for_alias(settings.tracking_uri, settings.model_name, "champion")
     assert str(champion.version) == promoted[-1]["model_version"]
     write_timeline(document, tmp_path / "timeline.json")

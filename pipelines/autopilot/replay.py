@@ -445,6 +445,7 @@ def _public(event: Mapping[str, Any]) -> dict[str, Any]:
         "train_window",
         "holdout_window",
         "seq",
+        "decision_seq",
     )
     return {key: event[key] for key in keep if key in event and event[key] is not None}
 
