@@ -7,7 +7,12 @@ processes, so a client sees one URL whatever the deployment looks like:
 
 * every ``/v1/...`` and ``/v2/...`` request is sent to the canary with
   probability ``canary_percent / 100`` and to the champion otherwise, and the
-  response says where it went (``x-taxi-revision``, ``x-model-version``);
+  response says where it went (``x-taxi-revision``, ``x-model-version``). A
+  request that names itself (``x-request-id``, else ``ce-id``) is placed by a
+  hash of that id and the canary's version instead of a coin, so the same trips
+  split the same way on every run whatever the order or concurrency they arrive
+  in (a replay's timeline is reproducible) and a retried request meets the same
+  revision; Knative's own split on a cluster is a coin per request;
 * upstream answers, 4xx included, are passed through unchanged; with no
   champion at all the answer is 503;
 * a request never pays for another one's failure. Predictions are deterministic
@@ -37,6 +42,7 @@ served by uvicorn with uvloop/httptools: on loopback it adds well under 2 ms.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -58,7 +64,14 @@ import yarl
 from components.canary.decision_metrics import decision_metrics_from
 from components.monitoring.verdict_metrics import verdict_metrics_text
 from components.monitoring.verdict_store import VerdictStoreError, load_latest
-from components.names import CANARY_REVISION, CHAMPION_REVISION, MODEL_VERSION_HEADER, REVISION_HEADER
+from components.names import (
+    CANARY_REVISION,
+    CHAMPION_REVISION,
+    CLOUDEVENT_ID_HEADER,
+    MODEL_VERSION_HEADER,
+    REQUEST_ID_HEADER,
+    REVISION_HEADER,
+)
 from components.retraining.loop_metrics import loop_metrics_from
 from serving.deployment_state import DeploymentState, Revision
 from serving.error_responses import POST_ONLY_SUFFIXES
@@ -168,6 +181,28 @@ class RevisionCounters:
         return {"p50": _quantile(ordered, 0.50), "p99": _quantile(ordered, 0.99)}
 
 
+def split_point(request_id: bytes, canary_version: str) -> float:
+    """Where a named request falls in [0, 1): below ``canary_percent / 100`` it goes to the canary.
+
+    Keyed by the canary's version, so each canary is judged on its own share of the trips,
+    not on the same ids as the canary before it.
+    """
+    digest = hashlib.blake2b(request_id, digest_size=8, key=canary_version.encode()[:64]).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+_ID_HEADERS = (REQUEST_ID_HEADER.encode(), CLOUDEVENT_ID_HEADER.encode())
+
+
+def _request_id(scope: Scope) -> bytes | None:
+    """The request's own id (``x-request-id``, else ``ce-id``; ASGI names are lower-case), if it sent one."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _ID_HEADERS and value:
+            found.setdefault(name, value)
+    return found.get(_ID_HEADERS[0]) or found.get(_ID_HEADERS[1])
+
+
 def _quantile(ordered: list[float], q: float) -> float | None:
     """Nearest-rank quantile; ``None`` before the first request."""
     if not ordered:
@@ -178,7 +213,7 @@ def _quantile(ordered: list[float], q: float) -> float | None:
 class TrafficSplitter:
     """ASGI app: splits ``/v1`` and ``/v2`` traffic between champion and canary per the routing table.
 
-    ``seed`` makes the split reproducible (tests); ``latency_window`` bounds the
+    ``seed`` makes the coin for requests without an id reproducible (tests); ``latency_window`` bounds the
     memory used for percentiles; ``upstream_timeout`` is per request, seconds.
     ``apply_routes`` may be called from any thread.
     """
@@ -407,10 +442,16 @@ class TrafficSplitter:
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
         )
 
-    def _pick(self, table: RoutingTable) -> Route | None:
+    def _pick(self, table: RoutingTable, request_id: bytes | None) -> Route | None:
         chosen = table.champion
-        if table.canary is not None and self._rng.random() * 100 < table.canary_percent:
-            chosen = table.canary
+        if table.canary is not None:
+            share = (
+                self._rng.random()
+                if request_id is None
+                else split_point(request_id, table.canary.revision.model_version)
+            )
+            if share * 100 < table.canary_percent:
+                chosen = table.canary
         if chosen is not None and not self._health.is_healthy(chosen.url):
             other = _other(table, chosen)
             if other is not None and self._health.is_healthy(other.url):
@@ -422,7 +463,7 @@ class TrafficSplitter:
         if table is not self._health_table:
             self._health.forget_except({route.url for route in table.routes()})
             self._health_table = table
-        route = self._pick(table)
+        route = self._pick(table, _request_id(scope))
         if route is None:
             self._unrouted += 1
             await _send_json(send, 503, {"error": "no champion revision is ready; nothing is deployed yet"})

@@ -9,6 +9,7 @@ requests to 127.0.0.1, each test under its timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,10 +21,10 @@ import pandas as pd
 import pytest
 from support.tlc_fixtures import write_tlc_dir
 
-from components.canary.policy import CanaryPolicy, Step
+from components.canary.policy import Step
 from components.registry.versions import version_for_alias
 from components.retraining.timeline import KINDS
-from pipelines.autopilot.replay import ReplayPlan, run_replay, write_timeline
+from pipelines.autopilot.replay import REPLAY_CANARY_POLICY, ReplayPlan, run_replay, write_timeline
 from pipelines.settings import Settings
 from serving.deployment_state import load_state
 
@@ -59,15 +60,18 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
         monitor_window=timedelta(hours=72),
         candidates=CANDIDATES,
         min_rows=200,
-        # Sample minimums for ~600 trips a day; the checks are the default policy's.
-        canary_policy=CanaryPolicy(
-            steps=(Step(20, 100, 0), Step(50, 100, 200)), promote_min_labelled=300, max_p99_ms=1_000.0
+        # The replay's own canary policy with sample minimums for ~600 trips a day.
+        canary_policy=dataclasses.replace(
+            REPLAY_CANARY_POLICY, steps=(Step(20, 100, 0), Step(50, 100, 200)), promote_min_labelled=300
         ),
     )
     settings = _settings(tmp_path)
     lines: list[str] = []
     document = run_replay(plan, settings, progress=lines.append)
     decisions = document["decisions"]
+    story = "\n".join(
+        lines + [f"{d['event_time']} {d['kind']} v{d['model_version']}: {d['reason']}" for d in decisions]
+    )
     kinds = [d["kind"] for d in decisions]
     assert set(kinds) <= set(KINDS), kinds
     for decision in decisions:
@@ -77,23 +81,22 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
     february = [d for d in decisions if d["event_time"] < "2021-03-01" and d["kind"] == "retrain"]
     assert all(d.get("trigger") != "degraded" for d in february), february
     decay = [d for d in decisions if d["kind"] == "retrain" and d.get("trigger") == "degraded"]
-    assert decay, "\n".join(lines)
+    assert decay, story
     assert "moved by pickup zone" in decay[0]["reason"]
     promoted = [d for d in decisions if d["kind"] == "promote" and d["event_time"] > decay[0]["event_time"]]
-    assert promoted, "\n".join(d["kind"] + ": " + d["reason"] for d in decisions)
+    assert promoted, story
     # The promoted model is a decay retraining's challenger (the judge may have rolled back one first).
     decay_seqs = {d["seq"] for d in decay}
     passed = {d["challenger_version"] for d in decisions if d["kind"] == "gate" and d.get("passed")
               and d.get("decision_seq") in decay_seqs}  # fmt: skip
-    assert promoted[0]["model_version"] in passed, "\n".join(lines)
+    assert promoted[0]["model_version"] in passed, story
     assert any(d["kind"] == "canary_step" for d in decisions)
     summary = document["summary"]
     assert summary["shift"]["start"] == "2021-03-01T00:00:00"
-    assert 0 < summary["shift_to_promotion_days"] <= 14
+    assert 0 < summary["shift_to_promotion_days"] <= 14, story
     after = summary["after_promotion"]
-    assert (
-        after["served_rmse"] < after["never_retrain_rmse"] and after["served_rmse"] < after["scheduled_rmse"]
-    )
+    assert after["served_rmse"] < after["never_retrain_rmse"], story
+    assert after["served_rmse"] < after["scheduled_rmse"], story
     weeks = document["weekly"]
     assert weeks and all(pd.Timestamp(w["week"]).weekday() == 0 for w in weeks)
     assert all({"served_rmse", "never_retrain_rmse", "scheduled_rmse"} <= set(w) for w in weeks)

@@ -32,6 +32,7 @@ from serving.traffic_splitter import (
     RoutingTable,
     SplitterServer,
     TrafficSplitter,
+    split_point,
 )
 
 FAKE_PREDICTOR = r"""
@@ -220,6 +221,33 @@ def test_same_seed_same_sequence(upstreams):
 
     first = run()
     assert first == run() and set(first) == {CHAMPION, CANARY}
+
+
+def test_a_named_request_meets_the_same_revision_in_any_order_and_at_any_seed(upstreams):
+    """The split of requests with an id is a hash, not a coin: a replay's canary sees the same trips."""
+    ids = [f"green-2021-03-{n:06d}" for n in range(300)]
+
+    def run(seed: int, order: list[str], header: str) -> dict[str, str]:
+        server = SplitterServer(TrafficSplitter(table(upstreams, 30), seed=seed), port=0)
+        server.start()
+        try:
+            with httpx.Client(base_url=server.url) as client:
+                return {
+                    i: client.post(PREDICT, json=TRIP, headers={header: i}).headers["x-taxi-revision"]
+                    for i in order
+                }
+        finally:
+            server.stop()
+
+    first = run(1, ids, "x-request-id")
+    assert run(2, ids[::-1], "x-request-id") == first
+    assert run(3, ids, "ce-id") == first  # a CloudEvent's id names the request as well
+    canary = sum(role == CANARY for role in first.values())
+    assert abs(canary - 90) <= 3 * math.sqrt(300 * 0.3 * 0.7), canary  # still 30% of the trips
+    # Keyed by the canary's version: the next canary is judged on a share of its own.
+    others = [i for i in ids if split_point(i.encode(), "3") * 100 < 30]
+    mine = [i for i in ids if first[i] == CANARY]
+    assert others != mine and len(set(others) & set(mine)) < len(mine)
 
 
 def test_upstream_4xx_passes_through_and_next_request_works(upstreams, splitter_server):
