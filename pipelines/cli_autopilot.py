@@ -180,7 +180,7 @@ def _live(
     once: bool,
 ) -> None:
     from pipelines.autopilot.live import LiveLoop
-    from pipelines.autopilot.loop import AUTOPILOT_DIR_NAME, Autopilot
+    from pipelines.autopilot.loop import AUTOPILOT_DIR_NAME, Autopilot, readable_month
     from pipelines.local_run import RunRequest
 
     settings = Settings.from_env(state_dir=state_dir)
@@ -189,7 +189,17 @@ def _live(
         data_dir=str(options.data_dir) if options.data_dir else None,
         candidates=candidates,
     )
-    loop = Autopilot(settings, base, policy, check_month=_month_check(settings, options), progress=click.echo)
+    loop = Autopilot(
+        settings,
+        base,
+        policy,
+        check_month=(
+            None
+            if options.data_dir is None
+            else readable_month(options.color, Path(options.data_dir), settings.cache_dir)
+        ),
+        progress=click.echo,
+    )
     click.echo(
         f"autopilot: watching {settings.state_dir} (timeline: {settings.state_dir / AUTOPILOT_DIR_NAME}); "
         + ("one pass" if once else f"a pass every {options.interval_seconds:g} s, Ctrl-C stops")
@@ -198,17 +208,6 @@ def _live(
         LiveLoop(loop, settings, options, click.echo).run(once=once)
     except KeyboardInterrupt:
         click.echo("autopilot: stopped (its state is on disk; start it again to carry on)")
-
-
-def _month_check(settings: Settings, options: Any) -> Any:
-    if options.data_dir is None:
-        return None
-    from components.data.ingest import load_month
-
-    def check(month: str) -> None:
-        load_month(options.color, month, data_dir=options.data_dir, cache_dir=settings.cache_dir)
-
-    return check
 
 
 def _replay(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from components.canary.decision_store import decision_history
+from components.data.ingest import load_month
 from components.errors import TaxiMlopsError
 from components.monitoring.labels import read_labels
 from components.monitoring.prediction_log import read_prediction_log
@@ -46,6 +47,15 @@ _CANARY_KINDS: Final = {"set_percent": "canary_step", "promote": "promote", "rol
 
 Retrain = Callable[[Settings, Mapping[str, Any], RunRequest, Callable[[str], None]], RetrainOutcome]
 MonthCheck = Callable[[str], None]  # raises TaxiMlopsError when a month file cannot be read
+
+
+def readable_month(color: str, data_dir: Path, cache_dir: Path) -> MonthCheck:
+    """The check a landed month passes before anything trains on it: the file loads and cleans."""
+
+    def check(month: str) -> None:
+        load_month(color, month, data_dir=data_dir, cache_dir=cache_dir)
+
+    return check
 
 
 class Autopilot:

@@ -50,7 +50,7 @@ from components.retraining.timeline import weekly_rmse
 from components.retraining.triggers import Wake
 from components.storage.atomic_write import write_atomically
 from pipelines.autopilot.baselines import fit_baseline, month_recipe
-from pipelines.autopilot.loop import Autopilot
+from pipelines.autopilot.loop import Autopilot, readable_month
 from pipelines.autopilot.serve_process import ServeProcess
 from pipelines.local_run import RunRequest, run_pipeline_locally
 from pipelines.settings import Settings
@@ -166,7 +166,13 @@ def run_replay(
         f"first model: version {first_version} ({summary['winner']}, holdout RMSE {winner:.3f}), "
         "deployed as the champion"
     )
-    loop = Autopilot(settings, base, plan.policy, check_month=_month_check(plan, settings), progress=progress)
+    loop = Autopilot(
+        settings,
+        base,
+        plan.policy,
+        check_month=readable_month(plan.color, plan.data_dir, settings.cache_dir),
+        progress=progress,
+    )
     loop.note_trained_until(first_version, recipe.holdout.end)
     loop.state.months_seen.append(first)
     never_retrain = _served_model(settings)
@@ -353,13 +359,6 @@ def _scheduled_model(plan: ReplayPlan, month: str, progress: Callable[[str], Non
         f"{scored['holdout_rmse']:.3f})"
     )
     return model
-
-
-def _month_check(plan: ReplayPlan, settings: Settings) -> Callable[[str], None]:
-    def check(month: str) -> None:
-        load_month(plan.color, month, data_dir=plan.data_dir, cache_dir=settings.cache_dir)
-
-    return check
 
 
 def _month_before(month: str) -> str:
