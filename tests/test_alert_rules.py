@@ -131,6 +131,11 @@ def test_promtool_check_refuses_a_broken_expression(tmp_path: Path) -> None:
         ),
         ("stuck at the first pending scrape", "TaxiRetrainingStuck", lambda rule: rule.pop("for")),
         ("stuck after 3 hours, not 2", "TaxiRetrainingStuck", lambda rule: rule.update({"for": "3h"})),
+        (
+            "state unreadable at the first failed read",
+            "TaxiAutopilotStateUnreadable",
+            lambda rule: rule.pop("for"),
+        ),
     ],
 )
 def test_promtool_unit_tests_catch_a_wrong_rule(

@@ -17,7 +17,7 @@ serving anything itself:
   data's clock (a replay's, or the newest logged trip), not the wall clock, so it says how far
   the loop got in the data, not how long ago it ran;
 - ``taxi_autopilot_state_readable``: 0 when the folder cannot be read, with nothing else
-  claimed about it.
+  claimed about it (TaxiAutopilotStateUnreadable).
 
 The state is read the way the loop reads it on a restart (:meth:`LoopMemory.load`: a decision
 that reached the timeline but not the state counts as pending). Before the loop's first write
