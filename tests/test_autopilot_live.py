@@ -131,3 +131,14 @@ def test_a_corrupt_month_landing_is_an_alert_and_nothing_trains(world) -> None:
     alert = next(e for e in reversed(_timeline(settings)) if e.get("alert"))
     assert "month 2021-03 landed but cannot be read" in alert["reason"]
     assert load_state(settings.deployment_state_path).champion == before.champion
+
+    # The file is downloaded again: the next pass lifts the block, joins the month's labels, lands it.
+    march = write_tlc_dir(data.parent / "march", months=("2021-03",), rows=500)
+    (data / "green_tripdata_2021-03.parquet").unlink()
+    (data / "green_tripdata_2021-03.parquet").symlink_to(march / "green_tripdata_2021-03.parquet")
+    mended = _once(data, env)
+    assert "RESOLVED TaxiTrainingDataUnreadable" in mended and "labels of green 2021-03" in mended
+    resolved = next(e for e in reversed(_timeline(settings)) if e.get("alert_resolved"))
+    assert "month 2021-03 can be read now" in resolved["reason"]
+    assert _timeline(settings)[-1]["wakes"] == ["month 2021-03 landed in the data source (readable again)"]
+    assert "RESOLVED" not in _once(data, env)  # once

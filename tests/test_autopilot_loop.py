@@ -215,6 +215,32 @@ def test_an_unreadable_month_is_an_alert_and_never_trained_on(settings: Settings
     assert [e.get("alert") for e in again] == [None]
 
 
+def test_a_replaced_month_file_lifts_the_block_and_its_alert(settings: Settings) -> None:
+    broken = {"2021-03"}
+
+    def check(month: str) -> None:
+        if month in broken:
+            raise TaxiMlopsError("green_tripdata_2021-03.parquet: not a parquet file")
+
+    retrain = RecordingRetrain()
+    loop = _loop(settings, retrain, check_month=check)
+    loop.step(NOW, [Wake("month 2021-03 landed in the data source", "new_month")])
+    _verdicts(settings, "degraded", "degraded", "degraded", "degraded")
+    assert loop.step(NOW + timedelta(hours=1), [])[-1:] == []  # still broken: nothing new is said
+    assert "2021-03" in LoopMemory(settings.state_dir / "autopilot").load().bad_months
+    broken.clear()  # someone downloaded the month again
+    resolved, decision, gate = loop.step(NOW + timedelta(hours=2))
+    assert resolved["kind"] == "no_retrain" and resolved["alert_resolved"] == UNREADABLE_ALERT
+    assert "month 2021-03 can be read now" in resolved["reason"]
+    # The month lands only now, and the confirmed decay it blocked is acted on in the same pass.
+    assert decision["kind"] == "retrain" and decision["wakes"] == [
+        "month 2021-03 landed in the data source (readable again)"
+    ]
+    assert gate["kind"] == "gate" and len(retrain.calls) == 1
+    assert LoopMemory(settings.state_dir / "autopilot").load().bad_months == {}
+    assert loop.step(NOW + timedelta(hours=3)) == []  # resolved once
+
+
 def test_the_canary_judges_actions_are_copied_once(settings: Settings) -> None:
     for action, percent, nxt in (("hold", 20, None), ("set_percent", 20, 50), ("promote", 50, None)):
         save_decision(settings.canary_dir, {

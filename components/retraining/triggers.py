@@ -47,6 +47,13 @@ def new_months(available: Iterable[str], seen: Iterable[str]) -> list[Wake]:
     ]
 
 
+def mended_months(months: Iterable[str]) -> list[Wake]:
+    """A wake per month whose file could not be read and now can: it lands only now."""
+    return [
+        Wake(f"month {month} landed in the data source (readable again)", "new_month") for month in months
+    ]
+
+
 def schedule_due(now: datetime, last: datetime | None, every: timedelta) -> Wake | None:
     """A wake when ``every`` has passed since ``last`` (event time); the first call is always due."""
     if last is None or now - last >= every:

@@ -33,7 +33,7 @@ from components.errors import TaxiMlopsError
 from components.monitoring.labels import label_month, write_labels
 from components.monitoring.prediction_log import read_prediction_log
 from components.retraining.signals import event_moment
-from components.retraining.triggers import Wake, new_months, retrain_alerts, schedule_due
+from components.retraining.triggers import Wake, mended_months, new_months, retrain_alerts, schedule_due
 from pipelines.autopilot.loop import Autopilot
 from pipelines.settings import Settings
 from pipelines.steps.monitor import MonitorRequest, WindowChoice, monitor_step
@@ -77,11 +77,14 @@ class LiveLoop:
             self.progress("autopilot: no prediction has been logged yet; waiting for traffic")
             return []
         wakes: list[Wake] = []
+        recovered: list[dict[str, Any]] = []
         records = self.alerts.read()
         alerted, self.loop.state.alerts_seen = retrain_alerts(records, self.loop.state.alerts_seen)
         wakes += alerted
         if self.options.data_dir is not None:
             landed = new_months(self._months(), self.loop.state.months_seen)
+            mended, recovered = self.loop.readable_again(now)
+            landed += mended_months(mended)
             for wake in landed:
                 self._land_labels(wake.reason.split()[1])
             wakes += landed
@@ -96,7 +99,7 @@ class LiveLoop:
             wakes.append(Wake(self._asked, "request"))
             self._asked = None
         self.loop.memory.save()
-        return self.loop.step(now, wakes)
+        return recovered + self.loop.step(now, wakes)
 
     # ------------------------------------------------------------------ the parts
 

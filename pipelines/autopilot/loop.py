@@ -35,7 +35,7 @@ from components.names import AUTOPILOT_DIR_NAME
 from components.retraining.loop_state import LoopMemory
 from components.retraining.policy import RetrainingPolicy, Signals, decide
 from components.retraining.signals import champion_evidence, event_moment, labelled_since, trained_until
-from components.retraining.triggers import Wake
+from components.retraining.triggers import Wake, mended_months
 from pipelines.local_run import RunRequest
 from pipelines.retrain import RetrainOutcome, retrain
 from pipelines.settings import Settings
@@ -91,6 +91,9 @@ class Autopilot:
             self.progress(f"autopilot: resuming decision #{self.state.pending['seq']} after a restart")
             events += self._carry_out(self.state.pending)
         wakes = list(wakes)
+        mended, recovered = self.readable_again(now)
+        events += recovered
+        wakes += mended_months(mended)
         events += self._check_months(now, wakes)
         if not wakes:
             return events
@@ -180,6 +183,39 @@ class Autopilot:
                 self.progress(f"autopilot: ALERT {UNREADABLE_ALERT}: {event['reason']}")
         self.memory.save()
         return events
+
+    def readable_again(self, now: datetime) -> tuple[list[str], list[dict[str, Any]]]:
+        """Months that could not be read and now can (the file was replaced), and their timeline events.
+
+        Each pass reads the unreadable months again: a corrupt file fails in its footer, so this
+        costs little, and a replaced file lifts the block (and its alert) without anyone editing
+        the loop's state. The live loop calls it first, to land the month's labels.
+        """
+        if self.check_month is None or not self.state.bad_months:
+            return [], []
+        mended, events = [], []
+        for month in sorted(self.state.bad_months):
+            try:
+                self.check_month(month)
+            except TaxiMlopsError:
+                continue
+            del self.state.bad_months[month]
+            mended.append(month)
+            event = {
+                "kind": "no_retrain",
+                "event_time": now.isoformat(),
+                "model_version": self._champion(),
+                "alert_resolved": UNREADABLE_ALERT,
+                "reason": (
+                    f"month {month} can be read now; retraining over it is no longer refused "
+                    "(this is no reason to retrain by itself)"
+                ),
+            }
+            events.append(self.memory.record(event))
+            self.progress(f"autopilot: RESOLVED {UNREADABLE_ALERT}: {event['reason']}")
+        if mended:
+            self.memory.save()
+        return mended, events
 
     def _refuse_bad_months(self, decision: dict[str, Any]) -> dict[str, Any]:
         """A retraining whose windows span an unreadable month becomes a ``no_retrain`` that says so."""
