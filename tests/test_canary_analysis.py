@@ -86,6 +86,21 @@ def test_slow_canary_is_rolled_back_on_p99() -> None:
     assert _check(analysis, "p99_vs_champion").passed is False
 
 
+def test_with_latency_not_judged_the_same_slow_canary_is_promoted_its_p99_on_the_record() -> None:
+    slow = RevisionOps(requests=2_000, errors=0, p99_ms=250.0)
+    policy = CanaryPolicy().with_overrides({"judge_latency": "false"})
+    analysis = analyze(_evidence(50, canary=slow), policy)
+    assert analysis.action == "promote"
+    p99 = _check(analysis, "p99_latency")
+    assert (
+        p99.passed is True and p99.value == 250.0 and p99.detail.startswith("not judged (canary p99 250.0 ms")
+    )
+    assert "p99_latency and p99_vs_champion not judged" in analysis.reason
+    # Errors are judged whatever the latency setting.
+    broken = RevisionOps(requests=2_000, errors=300, p99_ms=250.0)
+    assert analyze(_evidence(50, canary=broken), policy).action == "rollback"
+
+
 def test_too_few_requests_holds_then_rolls_back_at_the_deadline() -> None:
     quiet = RevisionOps(requests=30, errors=0, p99_ms=None)
     held = analyze(_evidence(10, canary=quiet, pairs=0))
@@ -158,6 +173,9 @@ def test_policy_overrides_and_rules() -> None:
         CanaryPolicy(promote_min_labelled=0)
     with pytest.raises(CanaryPolicyError, match="mae_margin: 'x' is not a float"):
         CanaryPolicy().with_overrides({"mae_margin": "x"})
+    assert CanaryPolicy().with_overrides({"judge_latency": "no"}).judge_latency is False
+    with pytest.raises(CanaryPolicyError, match="judge_latency: 'maybe' is not true or false"):
+        CanaryPolicy().with_overrides({"judge_latency": "maybe"})
 
 
 def test_decision_metrics_expose_the_verdict_checks_and_the_last_rollback() -> None:

@@ -16,6 +16,7 @@ inconclusive; past the event-time deadline an inconclusive canary is rolled back
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from statistics import NormalDist
@@ -120,11 +121,16 @@ def analyze(evidence: Evidence, policy: CanaryPolicy | None = None) -> CanaryAna
         resamples=policy.resamples,
         seed=policy.seed,
     )
+    latency = (
+        _p99_check(evidence.canary, step.min_requests, policy),
+        _p99_ratio_check(evidence, step.min_requests, policy),
+    )
+    if not policy.judge_latency:
+        latency = tuple(_not_judged(check) for check in latency)
     checks = (
         _requests_check(evidence.canary, step.min_requests),
         _error_rate_check(evidence.canary, step.min_requests, policy),
-        _p99_check(evidence.canary, step.min_requests, policy),
-        _p99_ratio_check(evidence, step.min_requests, policy),
+        *latency,
         _span_gate(_accuracy_check(accuracy, needed_labels), evidence, policy),
     )
     failed = [check for check in checks if check.passed is False]
@@ -202,7 +208,9 @@ def analyze(evidence: Evidence, policy: CanaryPolicy | None = None) -> CanaryAna
 
 def _passed_reason(checks: tuple[Check, ...], outcome: str) -> str:
     accuracy = next(check for check in checks if check.name == "accuracy")
-    return f"{outcome}: every check passed ({accuracy.detail})"
+    unjudged = [check.name for check in checks if check.detail.startswith("not judged")]
+    aside = f"; {' and '.join(unjudged)} not judged" if unjudged else ""
+    return f"{outcome}: every check passed ({accuracy.detail}{aside})"
 
 
 def _requests_check(canary: RevisionOps, minimum: int) -> Check:
@@ -238,6 +246,11 @@ def _p99_check(canary: RevisionOps, minimum: int, policy: CanaryPolicy) -> Check
         )
     detail = f"canary p99 {canary.p99_ms:.1f} ms (limit {policy.max_p99_ms:g} ms)"
     return Check("p99_latency", canary.p99_ms, policy.max_p99_ms, canary.p99_ms <= policy.max_p99_ms, detail)
+
+
+def _not_judged(check: Check) -> Check:
+    """A latency check kept on the record that cannot hold or fail the canary (``judge_latency`` off)."""
+    return dataclasses.replace(check, passed=True, detail=f"not judged ({check.detail})")
 
 
 def _p99_ratio_check(evidence: Evidence, minimum: int, policy: CanaryPolicy) -> Check:

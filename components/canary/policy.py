@@ -62,6 +62,10 @@ class CanaryPolicy:
     #: under ``p99_ratio_floor_ms`` (a 2 ms vs 1 ms difference is noise, not a regression).
     max_p99_ratio: float = 2.0
     p99_ratio_floor_ms: float = 10.0
+    #: False: the p99 checks are recorded, never decide. For replays, where latency is the wall
+    #: clock of a machine shared with the replay's own training, not the model's; judging it
+    #: there would make the timeline depend on the machine's speed. Errors are judged always.
+    judge_latency: bool = True
     #: Consecutive failed analyses that roll the canary back (1: the first confident failure).
     failure_limit: int = 1
     #: Seconds between analyses (wall clock) when the judge runs in a loop.
@@ -128,11 +132,25 @@ class CanaryPolicy:
                 changes[name] = _steps(value, self.steps)
             else:
                 kind = type(getattr(self, name))
+                if kind is bool:
+                    changes[name] = _flag(name, value)
+                    continue
                 try:
                     changes[name] = kind(value)
                 except (TypeError, ValueError) as exc:
                     raise CanaryPolicyError(f"{name}: {value!r} is not a {kind.__name__}") from exc
         return replace(self, **changes)
+
+
+def _flag(name: str, value: Any) -> bool:
+    # bool("false") is True: a flag from the command line is read by its words.
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    flag = words.get(str(value).strip().lower())
+    if flag is None:
+        raise CanaryPolicyError(f"{name}: {value!r} is not true or false")
+    return flag
 
 
 def _steps(value: Any, current: tuple[Step, ...]) -> tuple[Step, ...]:

@@ -71,12 +71,11 @@ REPLAY_CANARY_POLICY = CanaryPolicy(
     steps=(Step(20, min_requests=500, min_labelled=0), Step(50, min_requests=500, min_labelled=1_000)),
     promote_min_labelled=1_000,
     min_pair_span_hours=24.0,
-    # A replay judges the model; its predictors share two cores with its own training runs, so
-    # latency counts only when gross: a canary rolled back at 92 ms vs 18.5 ms p99 while a
-    # training run shared the machine was no slower model. Production keeps the default limits.
-    max_p99_ms=250.0,
-    max_p99_ratio=5.0,
-    p99_ratio_floor_ms=100.0,
+    # A replay judges the model on event time. Its latency is this machine's wall clock, shared
+    # with the replay's own training runs: judged, it made the timeline depend on the machine
+    # (three replays on two cores rolled an accurate canary back at 173.8 vs 28.8 ms p99).
+    # The p99s are still recorded; errors are still judged. Production judges latency.
+    judge_latency=False,
 )
 
 
