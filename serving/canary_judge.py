@@ -203,7 +203,9 @@ def paired_trips(
     versions = {state.champion.model_version, state.canary.model_version}
     window = log[log["model_version"].astype(str).isin(versions)]
     joined, _ = join_labels(window, labels)
-    labelled = joined[joined[TARGET_COLUMN].notna()]
+    # In event order, not log order (which depends on how two predictors' flushes interleave):
+    # the bootstrap then draws the same interval from the same pairs on every run.
+    labelled = joined[joined[TARGET_COLUMN].notna()].sort_values(["event_time", "request_id"], kind="stable")
     if labelled.empty:
         empty = np.empty(0)
         return PairedTrips(empty, empty, empty, newest, logged=len(joined))
@@ -242,12 +244,16 @@ def judge_once(
     policy: CanaryPolicy | None = None,
     *,
     now: datetime | None = None,
+    event_now: datetime | None = None,
     on_decision: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> dict[str, Any] | None:
     """One analysis of the live canary and its action; the recorded decision, or None without a canary.
 
     ``on_decision(decision, report_path)`` runs once the decision and its page are on disk (the
     CLI logs an MLflow run there); if it raises, the decision stands and the error propagates.
+    ``event_now`` is the caller's event clock where it keeps one (a replay): the decision's event
+    time and the deadline's "now". Without it, the newest logged trip's -- which a trip still in
+    a predictor's one-second log buffer does not move yet.
     """
     policy = policy or CanaryPolicy()
     wall = (now or datetime.now(UTC)).astimezone(UTC)
@@ -282,6 +288,8 @@ def judge_once(
     # Its event times are the canary's clock: the deadline runs from the first to the newest.
     window = log[log["logged_at"] > pd.Timestamp(memory.canary_since)] if log is not None else None
     newest = window["event_time"].max() if window is not None and len(window) else None
+    if event_now is not None:
+        newest = _utc_timestamp(event_now)
     if window is not None and len(window):
         first = window["event_time"].min()
         if memory.canary_started_event is None or first < pd.Timestamp(memory.canary_started_event):
@@ -344,6 +352,11 @@ def write_report(
     write_atomically(path, page)
     write_atomically(canary_dir / REPORT_FILE, page)
     return path
+
+
+def _utc_timestamp(moment: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _deployed_at(state: DeploymentState, wall: datetime) -> datetime:

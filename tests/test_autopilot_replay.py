@@ -60,9 +60,13 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
         monitor_window=timedelta(hours=72),
         candidates=CANDIDATES,
         min_rows=200,
-        # The replay's own canary policy with sample minimums for ~600 trips a day.
+        # The replay's own canary policy with sample minimums for ~600 trips a day: at a 1% error
+        # limit a step needs ~370 canary answers without an error to be sure, three days at 20%.
         canary_policy=dataclasses.replace(
-            REPLAY_CANARY_POLICY, steps=(Step(20, 100, 0), Step(50, 100, 200)), promote_min_labelled=300
+            REPLAY_CANARY_POLICY,
+            steps=(Step(20, 100, 0), Step(50, 100, 200)),
+            promote_min_labelled=300,
+            max_error_rate=0.05,
         ),
     )
     settings = _settings(tmp_path)

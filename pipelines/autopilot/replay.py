@@ -250,7 +250,7 @@ def _replay_month(
         clock.now = t1.to_pydatetime()
         labels.land(clock.now - plan.label_delay)
         wakes = _monitor_if_due(plan, settings, clock, progress)
-        judge.analyse_if_live()
+        judge.analyse_if_live(clock.now)
         before = _deployed(settings)
         loop.step(clock.now, wakes)
         if _deployed(settings) != before:
@@ -328,10 +328,10 @@ class _Judge:
         self.score = local_scorer()
         self.policy = policy
 
-    def analyse_if_live(self) -> None:
+    def analyse_if_live(self, event_now: datetime) -> None:
         if self.actions.state().canary is None:
             return
-        judge_once(self.actions, self.ops, self.folders, self.score, self.policy)
+        judge_once(self.actions, self.ops, self.folders, self.score, self.policy, event_now=event_now)
 
 
 def _deployed(settings: Settings) -> tuple[str | None, str | None, int]:
