@@ -229,3 +229,61 @@ def test_a_second_replay_of_a_month_is_the_canarys_own_traffic(world, tmp_path: 
     assert decisions[-1]["canary_started_event"] == START.isoformat()  # the replay starts the month again
     first = decisions[0]
     assert first["logged_since_canary"] <= 400  # one round, not the month logged before
+
+
+def _log_in_order(world, folders: JudgeFolders, canary: Revision, order: np.ndarray) -> None:
+    """The first 1,500 trips logged (20% answered by ``canary``) in ``order``, one segment per 100."""
+    trips, ids, score = world["trips"].iloc[:1500], world["ids"][:1500], local_scorer()
+    to_canary = np.random.default_rng(3).random(len(trips)) < 0.2
+    answers = {"champion": score(world["champion"]).predict(trips), "canary": score(canary).predict(trips)}
+    for block in np.array_split(order, 15):
+        writer = PredictionLogWriter(folders.prediction_log_dir)
+        for number in block:
+            role, revision = ("canary", canary) if to_canary[number] else ("champion", world["champion"])
+            trip = trips.iloc[number]
+            writer.put_batch(
+                request_id=str(ids[number]),
+                event_time=START + timedelta(minutes=int(number)),
+                model_name="duration",
+                model_version=revision.model_version,
+                revision=role,
+                pickup=np.array([trip.PULocationID]),
+                dropoff=np.array([trip.DOLocationID]),
+                distance=np.array([trip.trip_distance]),
+                minutes=answers[role][number : number + 1],
+            )
+        writer.close()
+    write_labels(month_labels(trips, ids), folders.labels_dir / "green-2021-02.parquet")
+
+
+def test_the_verdict_depends_on_the_trips_not_on_the_order_the_log_holds_them_in(
+    world, tmp_path: Path
+) -> None:
+    """Two predictors' flushes interleave differently on every run; a replay's canary decision must not."""
+    canary = world["too_high"]
+    decisions = []
+    clock = START + timedelta(days=2)  # the caller's event clock, later than any logged trip
+    for name, order in (
+        ("forward", np.arange(1500)),
+        ("shuffled", np.random.default_rng(9).permutation(1500)),
+    ):
+        folders = JudgeFolders(
+            tmp_path / name / "log", tmp_path / name / "labels", tmp_path / name / "canary"
+        )
+        state_path = tmp_path / name / "state.json"
+        save_state(
+            state_path, deploy(deploy(DeploymentState(), world["champion"], 0).state, canary, 20).state
+        )
+        # Deployed "before" the traffic: the judge counts what was logged after the state changed.
+        _log_in_order(world, folders, canary, order)
+        ops = CountingOps()
+        ops.requests = {"champion": 1200, "canary": 300}
+        decision = judge_once(
+            StateFileActions(state_path), ops, folders, local_scorer(), POLICY, event_now=clock
+        )
+        assert decision is not None
+        decisions.append(decision)
+    forward, shuffled = decisions
+    assert forward["labelled_pairs"] == shuffled["labelled_pairs"] == 1500
+    assert forward["accuracy"] == shuffled["accuracy"]  # the same bootstrap interval, to the last digit
+    assert forward["event_time"] == shuffled["event_time"] == clock.isoformat()
