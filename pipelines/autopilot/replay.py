@@ -14,8 +14,12 @@ From nothing (a fresh workspace with its own registry and deployment state):
    same labelled trips, week by week, and the timeline document + page.
 
 Event time is the replay's clock: it moves only when a tick's traffic has been sent, and a
-retraining runs inside a step, so the traffic waits for it -- the timeline is the same on a
-fast machine and a slow one. The canary's steps run on the traffic that follows.
+retraining runs inside a step, so the traffic waits for it. The canary's steps run on the
+traffic that follows. Nothing else reads the wall clock: the splitter places each trip by a hash
+of its id, the judge runs on the event clock and scores pairs in event order, and latency is
+recorded, not judged (:data:`REPLAY_CANARY_POLICY`). So the timeline is the same on a fast
+machine and a slow one, and on every run: two runs of the test's congested months, side by side
+on two cores, wrote identical timelines, weekly rows and summaries.
 """
 
 from __future__ import annotations
