@@ -60,6 +60,7 @@ def test_a_congested_month_is_detected_retrained_canaried_and_promoted(tmp_path:
         monitor_window=timedelta(hours=72),
         candidates=CANDIDATES,
         min_rows=200,
+        rate=1_500.0,  # as fast as the local stack answers: the timeline does not depend on it
         # The replay's own canary policy with sample minimums for ~600 trips a day: at a 1% error
         # limit a step needs ~370 canary answers without an error to be sure, three days at 20%.
         canary_policy=dataclasses.replace(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,6 +100,29 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     return {"champion": champion, "too_high": too_high, "trips": trips, "ids": trip_ids(trips, "green")}
 
 
+def _log_trip(
+    writer: PredictionLogWriter,
+    request_id: str,
+    moment: datetime,
+    role: str,
+    revision: Revision,
+    trip: Any,
+    minutes: np.ndarray,
+) -> None:
+    """One answered trip in the prediction log, as the predictor of ``revision`` (``role``) logs it."""
+    writer.put_batch(
+        request_id=request_id,
+        event_time=moment,
+        model_name="duration",
+        model_version=revision.model_version,
+        revision=role,
+        pickup=np.array([trip.PULocationID]),
+        dropoff=np.array([trip.DOLocationID]),
+        distance=np.array([trip.trip_distance]),
+        minutes=minutes,
+    )
+
+
 def _run(
     world,
     tmp_path: Path,
@@ -119,17 +143,9 @@ def _run(
         earlier = PredictionLogWriter(folders.prediction_log_dir)
         answers = local_scorer()(champion).predict(trips)
         for number, trip in enumerate(trips.itertuples()):
-            earlier.put_batch(
-                request_id=f"{ids[number]}-r{number % 12}",  # the ids the replay below sends again
-                event_time=START + timedelta(minutes=7 * number),
-                model_name="duration",
-                model_version=champion.model_version,
-                revision="champion",
-                pickup=np.array([trip.PULocationID]),
-                dropoff=np.array([trip.DOLocationID]),
-                distance=np.array([trip.trip_distance]),
-                minutes=answers[number : number + 1],
-            )
+            # the ids the replay below sends again
+            _log_trip(earlier, f"{ids[number]}-r{number % 12}", START + timedelta(minutes=7 * number),
+                      "champion", champion, trip, answers[number : number + 1])  # fmt: skip
         earlier.close()
     state = deploy(deploy(DeploymentState(), champion, 0).state, canary, 10).state
     save_state(state_path, state)
@@ -152,17 +168,8 @@ def _run(
         for number, (is_canary, (index, trip)) in enumerate(zip(to_canary, chunk.iterrows(), strict=True)):
             role, revision = ("canary", state.canary) if is_canary else ("champion", state.champion)
             minutes = answers[role][number : number + 1]
-            writer.put_batch(
-                request_id=str(ids[index]) + f"-r{round_number}",
-                event_time=START + timedelta(minutes=round_number * per_round + number),
-                model_name="duration",
-                model_version=revision.model_version,
-                revision=role,
-                pickup=np.array([trip.PULocationID]),
-                dropoff=np.array([trip.DOLocationID]),
-                distance=np.array([trip.trip_distance]),
-                minutes=minutes,
-            )
+            moment = START + timedelta(minutes=round_number * per_round + number)
+            _log_trip(writer, str(ids[index]) + f"-r{round_number}", moment, role, revision, trip, minutes)
             ops.requests[role] += 1
         writer.close()
         # Labels are keyed by trip id; this round's requests carry a round suffix, so label them too.
@@ -241,16 +248,9 @@ def _log_in_order(world, folders: JudgeFolders, canary: Revision, order: np.ndar
         for number in block:
             role, revision = ("canary", canary) if to_canary[number] else ("champion", world["champion"])
             trip = trips.iloc[number]
-            writer.put_batch(
-                request_id=str(ids[number]),
-                event_time=START + timedelta(minutes=int(number)),
-                model_name="duration",
-                model_version=revision.model_version,
-                revision=role,
-                pickup=np.array([trip.PULocationID]),
-                dropoff=np.array([trip.DOLocationID]),
-                distance=np.array([trip.trip_distance]),
-                minutes=answers[role][number : number + 1],
+            moment = START + timedelta(minutes=int(number))
+            _log_trip(
+                writer, str(ids[number]), moment, role, revision, trip, answers[role][number : number + 1]
             )
         writer.close()
     write_labels(month_labels(trips, ids), folders.labels_dir / "green-2021-02.parquet")
