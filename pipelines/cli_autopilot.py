@@ -246,7 +246,7 @@ def _replay(
         canary_policy=canary_policy,
     )
     base = Settings.from_env(state_dir=state_dir)
-    folder = (workspace or base.state_dir / "autopilot-replays" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    folder = (workspace or _new_workspace(base.state_dir / "autopilot-replays")).resolve()
     # Its own registry and deployment: a replay starts from nothing and touches nothing else.
     settings = dataclasses.replace(base, state_dir=folder, tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     click.echo(f"workspace: {folder}")
@@ -261,3 +261,18 @@ def _replay(
     click.echo(f"timeline page: {page}")
     if document.get("summary"):
         click.echo(json.dumps({k: v for k, v in document["summary"].items() if k.endswith("_rmse")}))
+
+
+def _new_workspace(parent: Path) -> Path:
+    """A folder of its own for this replay: two replays started in the same second must not share
+    a registry (they did, and the second's MLflow migration failed on the first's database)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        folder = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()  # atomic: exactly one process creates it
+        except FileExistsError:
+            continue
+        return folder
+    raise click.ClickException(f"{parent}: no free workspace name for {stamp}")

@@ -186,3 +186,10 @@ def test_window_options_belong_to_the_training_pipeline(captured_submission: lis
     )
     assert result.exit_code == 2
     assert "--train-window is not an option of the monitoring pipeline" in result.output
+
+
+def test_two_replays_started_in_the_same_second_get_workspaces_of_their_own(tmp_path: Path) -> None:
+    from pipelines.cli_autopilot import _new_workspace
+
+    folders = {_new_workspace(tmp_path / "autopilot-replays") for _ in range(3)}
+    assert len(folders) == 3 and all(folder.is_dir() for folder in folders)
