@@ -44,7 +44,7 @@ from components.errors import TaxiMlopsError
 from components.features.trip_features import TARGET_COLUMN
 from components.models.duration_model import TripDurationModel
 from components.monitoring.labels import join_labels, read_labels
-from components.monitoring.prediction_log import read_prediction_log
+from components.monitoring.prediction_log import read_prediction_log, utc_timestamp
 from components.names import CANARY_REVISION as CANARY
 from components.names import CHAMPION_REVISION as CHAMPION
 from components.storage.atomic_write import write_atomically
@@ -289,7 +289,7 @@ def judge_once(
     window = log[log["logged_at"] > pd.Timestamp(memory.canary_since)] if log is not None else None
     newest = window["event_time"].max() if window is not None and len(window) else None
     if event_now is not None:
-        newest = _utc_timestamp(event_now)
+        newest = utc_timestamp(event_now)
     if window is not None and len(window):
         first = window["event_time"].min()
         if memory.canary_started_event is None or first < pd.Timestamp(memory.canary_started_event):
@@ -352,11 +352,6 @@ def write_report(
     write_atomically(path, page)
     write_atomically(canary_dir / REPORT_FILE, page)
     return path
-
-
-def _utc_timestamp(moment: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _deployed_at(state: DeploymentState, wall: datetime) -> datetime:

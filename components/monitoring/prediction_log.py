@@ -353,8 +353,8 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _utc(moment: datetime) -> pd.Timestamp:
-    # A naive bound means UTC, the log's own time zone.
+def utc_timestamp(moment: datetime) -> pd.Timestamp:
+    """``moment`` as a UTC timestamp, comparable with the log's ``event_time``; naive means UTC."""
     stamp = pd.Timestamp(moment)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
@@ -398,9 +398,9 @@ def read_prediction_log(
     combined = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     frame = combined.to_pandas()
     if since is not None:
-        frame = frame[frame["event_time"] >= _utc(since)]
+        frame = frame[frame["event_time"] >= utc_timestamp(since)]
     if until is not None:
-        frame = frame[frame["event_time"] < _utc(until)]
+        frame = frame[frame["event_time"] < utc_timestamp(until)]
     frame = frame.sort_values("logged_at", kind="stable").reset_index(drop=True)
     frame.attrs["skipped_segments"] = skipped
     return frame

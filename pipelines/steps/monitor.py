@@ -24,7 +24,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,7 +34,7 @@ from components.errors import TaxiMlopsError
 from components.monitoring.labels import join_labels, read_labels
 from components.monitoring.locations import LABELS_PATTERN, SEGMENT_PATTERN, local_folder
 from components.monitoring.monitor import monitor_window
-from components.monitoring.prediction_log import read_prediction_log
+from components.monitoring.prediction_log import read_prediction_log, utc_timestamp
 from components.monitoring.reference_profile import ReferenceProfile
 from components.monitoring.verdict_store import HISTORY_FILE, LATEST_FILE, load_history, save_verdict
 from components.registry import tracking
@@ -73,7 +73,11 @@ class WindowChoice:
                 raise MonitorError("window: give last_hours or since/until, not both")
             if not self.last_hours > 0:
                 raise MonitorError(f"window: last_hours must be above 0, got {self.last_hours}")
-        if self.since is not None and self.until is not None and _utc(self.since) >= _utc(self.until):
+        if (
+            self.since is not None
+            and self.until is not None
+            and utc_timestamp(self.since) >= utc_timestamp(self.until)
+        ):
             raise MonitorError(f"window: since {self.since} is not before until {self.until}")
 
     @classmethod
@@ -232,9 +236,9 @@ def _window_of_log(log_frame: pd.DataFrame, choice: WindowChoice) -> tuple[pd.Da
         return log_frame[times > start], _iso(start), _iso(newest)
     chosen = log_frame
     if choice.since is not None:
-        chosen = chosen[chosen["event_time"] >= _utc(choice.since)]
+        chosen = chosen[chosen["event_time"] >= utc_timestamp(choice.since)]
     if choice.until is not None:
-        chosen = chosen[chosen["event_time"] < _utc(choice.until)]
+        chosen = chosen[chosen["event_time"] < utc_timestamp(choice.until)]
     return chosen, _iso(choice.since), _iso(choice.until)
 
 
@@ -299,19 +303,14 @@ def _render_report(
 # ----------------------------------------------------------------- time
 
 
-def _utc(moment: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
-
-
 def _iso(moment: datetime | pd.Timestamp | None) -> str:
-    return "" if moment is None else _utc(moment).isoformat()
+    return "" if moment is None else utc_timestamp(moment).isoformat()
 
 
 def _parse_time(text: str, name: str) -> datetime | None:
     if not text.strip():
         return None
     try:
-        return _utc(datetime.fromisoformat(text.strip())).to_pydatetime()
+        return utc_timestamp(datetime.fromisoformat(text.strip())).to_pydatetime()
     except ValueError:
         raise MonitorError(f"window: {name} {text!r} is not an ISO 8601 time") from None
