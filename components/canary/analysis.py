@@ -125,8 +125,10 @@ def analyze(evidence: Evidence, policy: CanaryPolicy | None = None) -> CanaryAna
         _p99_check(evidence.canary, step.min_requests, policy),
         _p99_ratio_check(evidence, step.min_requests, policy),
     )
+    unjudged: tuple[str, ...] = ()
     if not policy.judge_latency:
         latency = tuple(_not_judged(check) for check in latency)
+        unjudged = tuple(check.name for check in latency)
     checks = (
         _requests_check(evidence.canary, step.min_requests),
         _error_rate_check(evidence.canary, step.min_requests, policy),
@@ -170,7 +172,7 @@ def analyze(evidence: Evidence, policy: CanaryPolicy | None = None) -> CanaryAna
                 action="promote",
                 next_percent=100,
                 checks=checks,
-                reason=_passed_reason(checks, "promoted"),
+                reason=_passed_reason(checks, "promoted", unjudged),
                 accuracy=accuracy,
             )
         following = policy.steps[index + 1].percent
@@ -180,7 +182,7 @@ def analyze(evidence: Evidence, policy: CanaryPolicy | None = None) -> CanaryAna
             action="set_percent",
             next_percent=following,
             checks=checks,
-            reason=_passed_reason(checks, f"next step {following}%"),
+            reason=_passed_reason(checks, f"next step {following}%", unjudged),
             accuracy=accuracy,
         )
     waiting = "; ".join(f"{check.name}: {check.detail}" for check in open_checks)
@@ -206,9 +208,8 @@ def analyze(evidence: Evidence, policy: CanaryPolicy | None = None) -> CanaryAna
     )
 
 
-def _passed_reason(checks: tuple[Check, ...], outcome: str) -> str:
+def _passed_reason(checks: tuple[Check, ...], outcome: str, unjudged: tuple[str, ...]) -> str:
     accuracy = next(check for check in checks if check.name == "accuracy")
-    unjudged = [check.name for check in checks if check.detail.startswith("not judged")]
     aside = f"; {' and '.join(unjudged)} not judged" if unjudged else ""
     return f"{outcome}: every check passed ({accuracy.detail}{aside})"
 
