@@ -191,16 +191,19 @@ def split_point(request_id: bytes, canary_version: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-_ID_HEADERS = (REQUEST_ID_HEADER.encode(), CLOUDEVENT_ID_HEADER.encode())
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
+_CLOUDEVENT_ID = CLOUDEVENT_ID_HEADER.encode()
 
 
 def _request_id(scope: Scope) -> bytes | None:
     """The request's own id (``x-request-id``, else ``ce-id``; ASGI names are lower-case), if it sent one."""
-    found: dict[bytes, bytes] = {}
+    event_id = None
     for name, value in scope["headers"]:
-        if name in _ID_HEADERS and value:
-            found.setdefault(name, value)
-    return found.get(_ID_HEADERS[0]) or found.get(_ID_HEADERS[1])
+        if name == _REQUEST_ID and value:
+            return value
+        if name == _CLOUDEVENT_ID and value and event_id is None:
+            event_id = value
+    return event_id
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
