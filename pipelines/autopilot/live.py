@@ -33,7 +33,7 @@ from components.errors import TaxiMlopsError
 from components.monitoring.labels import label_month, write_labels
 from components.monitoring.prediction_log import read_prediction_log
 from components.retraining.signals import event_moment
-from components.retraining.triggers import Wake, mended_months, new_months, retrain_alerts, schedule_due
+from components.retraining.triggers import Wake, new_months, retrain_alerts, schedule_due
 from pipelines.autopilot.loop import Autopilot
 from pipelines.settings import Settings
 from pipelines.steps.monitor import MonitorRequest, WindowChoice, monitor_step
@@ -57,6 +57,8 @@ class LiveLoop:
     ) -> None:
         self.loop, self.settings, self.options, self.progress = loop, settings, options, progress
         self.alerts = AlertLog(settings.state_dir / ALERTS_DIR_NAME / ALERTS_FILE_NAME)
+        if options.data_dir is not None:
+            loop.on_month_mended = self._land_labels  # a replaced month file lands now
         self._asked = options.retrain_now
         state = loop.state
         if options.data_dir is not None and not state.months_seen and state.next_seq == 0:
@@ -77,14 +79,11 @@ class LiveLoop:
             self.progress("autopilot: no prediction has been logged yet; waiting for traffic")
             return []
         wakes: list[Wake] = []
-        recovered: list[dict[str, Any]] = []
         records = self.alerts.read()
         alerted, self.loop.state.alerts_seen = retrain_alerts(records, self.loop.state.alerts_seen)
         wakes += alerted
         if self.options.data_dir is not None:
             landed = new_months(self._months(), self.loop.state.months_seen)
-            mended, recovered = self.loop.readable_again(now)
-            landed += mended_months(mended)
             for wake in landed:
                 self._land_labels(wake.reason.split()[1])
             wakes += landed
@@ -99,7 +98,7 @@ class LiveLoop:
             wakes.append(Wake(self._asked, "request"))
             self._asked = None
         self.loop.memory.save()
-        return recovered + self.loop.step(now, wakes)
+        return self.loop.step(now, wakes)
 
     # ------------------------------------------------------------------ the parts
 

@@ -78,6 +78,9 @@ class Autopilot:
         self.retrain_with = retrain_with
         self.memory = LoopMemory(settings.state_dir / AUTOPILOT_DIR_NAME)
         self.state = self.memory.load()
+        #: Called with each month that can be read again, before the pass decides (the live loop
+        #: joins the month's labels there).
+        self.on_month_mended: Callable[[str], None] | None = None
 
     def note_trained_until(self, version: str, until: datetime) -> None:
         """Tell the loop how far a version's training data reached (the first champion's, for its age)."""
@@ -91,7 +94,7 @@ class Autopilot:
             self.progress(f"autopilot: resuming decision #{self.state.pending['seq']} after a restart")
             events += self._carry_out(self.state.pending)
         wakes = list(wakes)
-        mended, recovered = self.readable_again(now)
+        mended, recovered = self._readable_again(now)
         events += recovered
         wakes += mended_months(mended)
         events += self._check_months(now, wakes)
@@ -184,12 +187,12 @@ class Autopilot:
         self.memory.save()
         return events
 
-    def readable_again(self, now: datetime) -> tuple[list[str], list[dict[str, Any]]]:
+    def _readable_again(self, now: datetime) -> tuple[list[str], list[dict[str, Any]]]:
         """Months that could not be read and now can (the file was replaced), and their timeline events.
 
         Each pass reads the unreadable months again: a corrupt file fails in its footer, so this
         costs little, and a replaced file lifts the block (and its alert) without anyone editing
-        the loop's state. The live loop calls it first, to land the month's labels.
+        the loop's state.
         """
         if self.check_month is None or not self.state.bad_months:
             return [], []
@@ -201,6 +204,8 @@ class Autopilot:
                 continue
             del self.state.bad_months[month]
             mended.append(month)
+            if self.on_month_mended is not None:
+                self.on_month_mended(month)
             event = {
                 "kind": "no_retrain",
                 "event_time": now.isoformat(),
