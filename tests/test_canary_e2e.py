@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -49,13 +49,16 @@ POLICY = CanaryPolicy(
     resamples=300,
     interval_seconds=1.0,
     max_error_rate=0.05,
-    # A p99 of ~150 requests is their second-slowest: a fresh predictor's first answers (seen:
-    # 336 ms on a busy machine) decide it, where the default step's 1,000 requests would not.
-    # So limits only the injected 800 ms delay crosses.
+    # A p99 of ~150 requests is their second-slowest request: one stall of the 2 shared cores
+    # decides it (seen in CI, beside another test worker: 2,501 ms for an identical model), where the
+    # default step's 1,000 requests would not. So latency is judged only where it is the subject
+    # (the slow canary's test, LATENCY_POLICY), with limits only the injected 800 ms delay crosses.
+    judge_latency=False,
     max_p99_ms=600.0,
     max_p99_ratio=4.0,
     p99_ratio_floor_ms=600.0,
 )
+LATENCY_POLICY = replace(POLICY, judge_latency=True)
 CHUNK = 300
 
 
@@ -192,6 +195,8 @@ def test_an_equal_challenger_is_stepped_up_and_promoted(world: World, live: Live
     assert _alias(world, PREVIOUS) == world.registered.version  # a one-step undo
     assert decision["labelled_pairs"] >= POLICY.promote_min_labelled
     assert decision["offline_mismatches"] == 0  # what was served is what the models give offline
+    latency = [check for check in decision["checks"] if check["name"].startswith("p99")]
+    assert len(latency) == 2 and all(check["detail"].startswith("not judged") for check in latency)
 
 
 def test_predictions_15_percent_too_high_are_rolled_back_on_accuracy(world: World, live: Live) -> None:
@@ -222,7 +227,7 @@ def test_a_slow_canary_is_rolled_back_on_p99(
     world: World, live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(TEST_FAULTS_ENV, json.dumps({world.versions["slow"]: {"delay_ms": 800}}))
-    decision = _decide(world, live, "slow", labels=False)
+    decision = _decide(world, live, "slow", labels=False, policy=LATENCY_POLICY)
     assert decision["action"] == "rollback"
     failed = {check["name"] for check in decision["checks"] if check["passed"] is False}
     assert "p99_latency" in failed, decision["reason"]
