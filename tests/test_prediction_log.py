@@ -130,9 +130,9 @@ def test_segments_rotate_by_bytes(tmp_path: Path):
 def test_segments_rotate_by_age_while_the_writer_runs(tmp_path: Path):
     writer = PredictionLogWriter(tmp_path, flush_seconds=0.2)
     _put(writer, "first")
-    _wait_for(lambda: len(segment_paths(tmp_path)) == 1, seconds=2)
+    _wait_for(lambda: len(segment_paths(tmp_path)) == 1, seconds=10)
     _put(writer, "second")
-    _wait_for(lambda: len(segment_paths(tmp_path)) == 2, seconds=2)
+    _wait_for(lambda: len(segment_paths(tmp_path)) == 2, seconds=10)
     # Readable while the writer is still running: only complete segments are there.
     assert read_prediction_log(tmp_path)["request_id"].tolist() == ["first", "second"]
     writer.close()
